@@ -1,0 +1,148 @@
+"""D2-Net hard detection, edge test, sub-pixel refinement and descriptor sampling: pure functions.
+
+Behaviour follows the official `model_test.py` (HardDetectionModule, HandcraftedLocalizationModule)
+and `utils.interpolate_dense_features`, but the Hessian, edge test and Newton step are evaluated
+only at candidate positions (channel-wise maximum AND 3x3 local maximum) instead of densely over
+all 512 x h x w cells, which is what makes the official code slow and memory hungry.
+
+Conventions: a dense map is (C, h, w); positions are (i=row, j=col) in feature-map cells.
+Finite differences use zero padding like the official conv2d filters; the local-maximum test
+treats out-of-map neighbours as -inf like max_pool2d's padding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+EDGE_THRESHOLD = 5.0
+# 3x3 neighbourhood offsets (di, dj), row-major; index 4 is the centre.
+NEIGHBOUR_OFFSETS = [(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1)]
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Cells that are the maximum over channels and a 3x3 spatial maximum in that channel."""
+    channel: torch.Tensor  # (K,) long
+    i: torch.Tensor  # (K,) long
+    j: torch.Tensor  # (K,) long
+
+
+def channel_and_local_maxima(dense: torch.Tensor) -> Candidates:
+    """Official tests 1 and 2 on a (C, h, w) map, in (channel, i, j) order like nonzero().
+
+    Ties across channels fire in every tied channel, as in the official code.
+    """
+    channel_max = dense.max(dim=0, keepdim=True).values  # (1, h, w)
+    channel, i, j = torch.nonzero(dense == channel_max, as_tuple=True)
+    neighbours = gather_neighbours(dense, channel, i, j, fill=float("-inf"))  # (K, 9)
+    is_local_max = neighbours[:, 4] >= neighbours.max(dim=1).values
+    return Candidates(channel[is_local_max], i[is_local_max], j[is_local_max])
+
+
+def gather_neighbours(dense: torch.Tensor, channel: torch.Tensor, i: torch.Tensor, j: torch.Tensor,
+                      fill: float = 0.0) -> torch.Tensor:
+    """Values of the 3x3 neighbourhood of each (channel, i, j): (K, 9); outside the map -> fill."""
+    _, height, width = dense.shape
+    values = []
+    for di, dj in NEIGHBOUR_OFFSETS:
+        ii, jj = i + di, j + dj
+        inside = (ii >= 0) & (ii < height) & (jj >= 0) & (jj < width)
+        value = dense[channel, ii.clamp(0, height - 1), jj.clamp(0, width - 1)]
+        values.append(torch.where(inside, value, value.new_tensor(fill)))
+    return torch.stack(values, dim=1)
+
+
+def derivatives(neighbours: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Gradient and Hessian from a (K, 9) zero-padded neighbourhood (official filters)."""
+    n = neighbours
+    return {
+        "di": 0.5 * (n[:, 7] - n[:, 1]),
+        "dj": 0.5 * (n[:, 5] - n[:, 3]),
+        "dii": n[:, 1] - 2 * n[:, 4] + n[:, 7],
+        "djj": n[:, 3] - 2 * n[:, 4] + n[:, 5],
+        "dij": 0.25 * (n[:, 0] - n[:, 2] - n[:, 6] + n[:, 8]),
+    }
+
+
+def is_not_edge(d: dict[str, torch.Tensor], threshold: float = EDGE_THRESHOLD) -> torch.Tensor:
+    """SIFT's edge test on the 2x2 Hessian: tr^2/det <= (t+1)^2/t and det > 0."""
+    det = d["dii"] * d["djj"] - d["dij"] ** 2
+    trace = d["dii"] + d["djj"]
+    return (trace * trace / det <= (threshold + 1) ** 2 / threshold) & (det > 0)
+
+
+def newton_step(d: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One Newton step -H^-1 g towards the quadratic's extremum: (K, 2) as (step_i, step_j)."""
+    det = d["dii"] * d["djj"] - d["dij"] ** 2
+    step_i = -(d["djj"] * d["di"] - d["dij"] * d["dj"]) / det
+    step_j = -(-d["dij"] * d["di"] + d["dii"] * d["dj"]) / det
+    return torch.stack([step_i, step_j], dim=1)
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Detections of one map: cell, channel and refined position (i, j) in feature-map cells."""
+    channel: torch.Tensor  # (K,) long
+    cell: torch.Tensor  # (K, 2) long, integer (i, j)
+    position: torch.Tensor  # (K, 2) float, refined (i, j)
+
+    def select(self, mask: torch.Tensor) -> "Detections":
+        return Detections(self.channel[mask], self.cell[mask], self.position[mask])
+
+
+def detect(dense: torch.Tensor, edge_threshold: float = EDGE_THRESHOLD) -> Detections:
+    """Hard detection + refinement on a (C, h, w) map (all candidates passing the three tests).
+
+    `position` is only meaningful where |step| < 0.5 (see `keep_refined`).
+    """
+    candidates = channel_and_local_maxima(dense)
+    neighbours = gather_neighbours(dense, candidates.channel, candidates.i, candidates.j)
+    d = derivatives(neighbours)
+    keep = is_not_edge(d, edge_threshold)
+    cell = torch.stack([candidates.i, candidates.j], dim=1)[keep]
+    step = newton_step({k: v[keep] for k, v in d.items()})
+    return Detections(candidates.channel[keep], cell, cell.to(dense.dtype) + step)
+
+
+def keep_refined(detections: Detections) -> torch.Tensor:
+    """Official filter: keep a detection only if both Newton offsets are below half a cell."""
+    step = detections.position - detections.cell.to(detections.position.dtype)
+    return (step.abs() < 0.5).all(dim=1)
+
+
+def sample_descriptors(dense: torch.Tensor, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bilinear descriptors at sub-cell positions (K, 2) (i, j) of a (C, h, w) map.
+
+    Returns (descriptors (K', C) L2-normalised, valid (K,) bool). A position is invalid when any
+    of its floor/ceil corners leaves the map (official rule).
+    """
+    _, height, width = dense.shape
+    i, j = position[:, 0], position[:, 1]
+    i0, j0 = i.floor(), j.floor()
+    i1, j1 = i.ceil(), j.ceil()
+    valid = (i0 >= 0) & (j0 >= 0) & (i1 < height) & (j1 < width)
+    i, j, i0, j0, i1, j1 = (t[valid] for t in (i, j, i0, j0, i1, j1))
+    wi, wj = (i - i0)[:, None], (j - j0)[:, None]
+    i0, j0, i1, j1 = (t.long() for t in (i0, j0, i1, j1))
+    descriptors = ((1 - wi) * (1 - wj) * dense[:, i0, j0].T + (1 - wi) * wj * dense[:, i0, j1].T
+                   + wi * (1 - wj) * dense[:, i1, j0].T + wi * wj * dense[:, i1, j1].T)
+    return F.normalize(descriptors, dim=1), valid
+
+
+def hard_detection_dense(dense: torch.Tensor, edge_threshold: float = EDGE_THRESHOLD) -> torch.Tensor:
+    """Dense reference of the official HardDetectionModule: (C, h, w) bool. For tests only."""
+    x = dense[:, None]  # (C, 1, h, w): each channel as its own image
+    depth_wise_max = dense == dense.max(dim=0, keepdim=True).values
+    local_max = dense == F.max_pool2d(x, 3, stride=1, padding=1)[:, 0]
+    kernels = {
+        "dii": [[0, 1.0, 0], [0, -2.0, 0], [0, 1.0, 0]],
+        "djj": [[0, 0, 0], [1.0, -2.0, 1.0], [0, 0, 0]],
+        "dij": [[0.25, 0, -0.25], [0, 0, 0], [-0.25, 0, 0.25]],
+    }
+    d = {k: F.conv2d(x, dense.new_tensor(v)[None, None], padding=1)[:, 0] for k, v in kernels.items()}
+    det = d["dii"] * d["djj"] - d["dij"] ** 2
+    trace = d["dii"] + d["djj"]
+    not_edge = (trace * trace / det <= (edge_threshold + 1) ** 2 / edge_threshold) & (det > 0)
+    return depth_wise_max & local_max & not_edge

