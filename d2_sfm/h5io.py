@@ -82,7 +82,8 @@ def atomic_h5(path: Path) -> Iterator[h5py.File]:
             shutil.copyfile(path, partial)
         path.parent.mkdir(parents=True, exist_ok=True)
     committed = False
-    handle = h5py.File(partial, "a", libver="latest")
+    # Default libver: "latest" marks files as open-for-write, making a killed run's file unreadable.
+    handle = h5py.File(partial, "a")
     try:
         yield handle
         committed = True

@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from .detection import EDGE_THRESHOLD, detect, keep_refined, sample_descriptors
+from .model import feature_map_size
 
+EMPTY_CHANNELS = 512  # descriptor size reported when no level could run
 DenseFn = Callable[[torch.Tensor], torch.Tensor]  # (1, 3, H, W) -> (1, C, h, w)
 
 
@@ -63,6 +65,8 @@ def extract_keypoints(dense_fn: DenseFn, image: torch.Tensor, scales: tuple[floa
     for num_levels, scale in enumerate(scales, start=1):
         level = image if scale == 1 else F.interpolate(
             image, scale_factor=scale, mode="bilinear", align_corners=True)
+        if min(feature_map_size(*level.shape[2:])) < 1:
+            continue  # too small for the network: no detections at this level
         dense = dense_fn(level)  # (1, C, h, w)
         if running_sum is not None:
             dense = dense + F.interpolate(running_sum, size=dense.shape[2:], mode="bilinear",
@@ -73,8 +77,7 @@ def extract_keypoints(dense_fn: DenseFn, image: torch.Tensor, scales: tuple[floa
         level_kp.scores = level_kp.scores / num_levels
         level_kp.scales = torch.full_like(level_kp.scores, 1.0 / scale)
         result = level_kp if result is None else result.cat(level_kp)
-    assert result is not None, "scales must not be empty"
-    return result
+    return result if result is not None else Keypoints.empty(EMPTY_CHANNELS, image.device)
 
 
 def detect_level(dense: torch.Tensor, banned: torch.Tensor | None,

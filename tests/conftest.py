@@ -1,0 +1,36 @@
+"""Shared test fixtures. Tests run offline: the default weights resolve to hed_vgg16."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2  # noqa: F401  (pycolmap 4.2.1 must be imported after cv2, see the pycolmap tour)
+import pytest
+
+os.environ.setdefault("D2_SFM_OFFLINE", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data beside the repository; tests using it skip when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real test data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def hed_extractor_factory():
+    """Builds D2Extractors with the offline weights, loading the checkpoint once per config."""
+    from d2_sfm.extractor import D2Extractor, ExtractionConfig
+
+    cache: dict[ExtractionConfig, D2Extractor] = {}
+
+    def make(**config) -> D2Extractor:
+        key = ExtractionConfig(**config)
+        if key not in cache:
+            cache[key] = D2Extractor("hed_vgg16", key)
+        return cache[key]
+
+    return make
