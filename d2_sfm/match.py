@@ -6,6 +6,7 @@ python -m d2_sfm.match --pairs PAIRS.txt --features FEATURES.h5 --output MATCHES
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from dataclasses import replace
 from functools import lru_cache
@@ -92,6 +93,8 @@ def main(pairs: Path, features: Path, output: Path, config: MatcherConfig = Matc
     cache = DescriptorCache(features, torch.device(device))
     try:
         with atomic_h5(output) as handle:
+            handle.attrs.update({f"matcher.{k}": ("none" if v is None else v)
+                                 for k, v in dataclasses.asdict(config).items()})
             todo = [p for p in todo if not has_pair(handle, *p)]
             for name0, name1 in tqdm(todo, desc="match", unit="pair", disable=not todo):
                 matches0, scores0 = match_descriptors(cache.get(name0), cache.get(name1), config)
