@@ -1,0 +1,19 @@
+"""Visual localization steps used by `python -m d2_sfm.localize` (Aachen Day-Night, InLoc).
+
+Modules (each a step with a `main()`, imported on demand):
+- `estimation`: the absolute-pose estimator (pycolmap LO-RANSAC + refinement, known intrinsics),
+  per-query results, the results file and `summary.json`. Shared by both dataset families.
+- `covisibility`: database pairs from a reference model (shared 3D points, or camera poses when
+  the model has no points), for triangulation.
+- `model`: a triangulated model as the pose step reads it (3D point of each keypoint) and
+  covisibility clusters of retrieved images; `features`: HDF5 reading through open handles.
+- `pose_from_model`: 2D-3D matches through a triangulated model (Aachen; like hloc localize_sfm).
+- `pose_from_cutouts`: 2D-3D matches through the cutouts' per-pixel `XYZcut` scans (InLoc; like
+  hloc localize_inloc).
+- `evaluate`: share of queries within the benchmark's (position, rotation) thresholds.
+
+Pixel conventions where coordinates cross a boundary: keypoints in the features HDF5 follow
+D2-Net / hloc (integer = pixel centre); pycolmap cameras follow COLMAP (the centre of the top-left
+pixel is (0.5, 0.5)), so 2D points get +0.5 before pose estimation, for every dataset.
+Poses are `cam_from_world` (world -> camera) everywhere.
+"""

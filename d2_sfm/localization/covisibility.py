@@ -1,0 +1,135 @@
+"""Pipeline step: database pairs for triangulation from a reference model (covisibility).
+
+python -m d2_sfm.localization.covisibility --reference MODEL_DIR --output PAIRS.txt [--num-matched K]
+
+With 3D points in the model, each image is paired with the K images that share the most points with
+it (hloc `pairs_from_covisibility`). A model without points (poses only) falls back to the K
+nearest camera centres among the images looking in a similar direction.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+import scipy.sparse
+
+from ..cli import run_cli
+from .estimation import LocalizationError
+from .model import load_model
+
+logger = logging.getLogger(__name__)
+
+MAX_VIEW_ANGLE_DEG = 60.0  # pose fallback: pair only cameras whose optical axes differ by less
+
+
+@dataclass(frozen=True, eq=False)
+class Observations:
+    """Which image sees which 3D point: M observations as two aligned index arrays."""
+
+    image_names: list[str]
+    image_index: np.ndarray  # (M,) int, index into image_names
+    point_index: np.ndarray  # (M,) int, any point numbering
+
+    @classmethod
+    def from_reconstruction(cls, reconstruction: pycolmap.Reconstruction) -> "Observations":
+        ids = sorted(reconstruction.reg_image_ids())
+        position = {image_id: i for i, image_id in enumerate(ids)}
+        images, points = [], []
+        for point3D_id, point in reconstruction.points3D.items():
+            for element in point.track.elements:
+                if element.image_id in position:
+                    images.append(position[element.image_id])
+                    points.append(point3D_id)
+        return cls([reconstruction.image(i).name for i in ids], np.array(images, np.int64),
+                   np.array(points, np.int64))
+
+    def __len__(self) -> int:
+        return len(self.image_index)
+
+
+def covisibility_pairs(observations: Observations, num_matched: int) -> list[tuple[str, str]]:
+    """(name, name) pairs: each image with the `num_matched` images sharing most 3D points
+    (ties: the earlier image first), like hloc `pairs_from_covisibility`."""
+    _, points = np.unique(observations.point_index, return_inverse=True)
+    num_images = len(observations.image_names)
+    seen = scipy.sparse.csr_matrix(
+        (np.ones(len(points), np.float32), (observations.image_index, points.ravel())),
+        shape=(num_images, points.max() + 1 if len(points) else 0))
+    seen.data[:] = 1  # an image observing a point twice counts once
+    shared = (seen @ seen.T).toarray()
+    np.fill_diagonal(shared, 0)
+    pairs = []
+    for i, name in enumerate(observations.image_names):
+        order = np.lexsort((np.arange(num_images), -shared[i]))[:num_matched]
+        pairs.extend((name, observations.image_names[j]) for j in order if shared[i, j] > 0)
+    return pairs
+
+
+def pose_neighbour_pairs(reconstruction: pycolmap.Reconstruction, num_matched: int,
+                         max_view_angle_deg: float = MAX_VIEW_ANGLE_DEG) -> list[tuple[str, str]]:
+    """(name, name) pairs from poses only: nearest centres among similarly oriented cameras."""
+    ids = sorted(reconstruction.reg_image_ids())
+    images = [reconstruction.image(i) for i in ids]
+    centres = np.array([im.projection_center() for im in images]).reshape(-1, 3)
+    axes = np.array([im.viewing_direction() for im in images]).reshape(-1, 3)
+    distances = np.linalg.norm(centres[:, None] - centres[None], axis=-1)
+    similar = axes @ axes.T > np.cos(np.deg2rad(max_view_angle_deg))
+    pairs = []
+    for i, image in enumerate(images):
+        candidates = [j for j in np.argsort(distances[i], kind="stable") if j != i and similar[i, j]]
+        pairs.extend((image.name, images[j].name) for j in candidates[:num_matched])
+    return pairs
+
+
+def write_pairs(path: Path, pairs: list[tuple[str, str]]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{a} {b}\n" for a, b in pairs))
+    tmp.replace(path)
+    return path
+
+
+def main(reference: Path | pycolmap.Reconstruction, output: Path, num_matched: int = 20,
+         observations: Observations | None = None) -> Path:
+    """Write database pairs for triangulation; the pairs file is the step's output.
+
+    `observations` (e.g. the NVM points of Aachen v1.0) replace the reference model's own 3D
+    points; with neither, pairs come from the camera poses.
+    """
+    reconstruction = load_model(reference)
+    if observations is None and reconstruction.num_points3D() > 0:
+        observations = Observations.from_reconstruction(reconstruction)
+    if observations is not None and len(observations) > 0:
+        pairs = covisibility_pairs(observations, num_matched)
+        how = "shared 3D points"
+    else:
+        pairs = pose_neighbour_pairs(reconstruction, num_matched)
+        how = "camera poses (no 3D points in the reference)"
+    if not pairs:
+        raise LocalizationError(f"no database pairs found from the reference model ({how})")
+    logger.info("%d database pairs from %s, %d per image at most", len(pairs), how, num_matched)
+    return write_pairs(output, pairs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m d2_sfm.localization.covisibility",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--reference", type=Path, required=True, help="COLMAP model folder")
+    parser.add_argument("--output", type=Path, required=True, help="pairs file to write")
+    parser.add_argument("--num-matched", type=int, default=20, help="pairs per image")
+    return parser
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    main(args.reference, args.output, args.num_matched)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(cli))

@@ -1,0 +1,193 @@
+"""Absolute pose of a query from 2D-3D matches (pycolmap), per-query results and the results file.
+
+Shared by `pose_from_model` (Aachen) and `pose_from_cutouts` (InLoc). 2D points given to
+`estimate_pose` are in COLMAP's pixel convention (centre of the top-left pixel = (0.5, 0.5)), the
+convention of the pycolmap camera; `colmap_points` converts HDF5 keypoints (integer = centre).
+
+Results file (the visual localization benchmark's format, as hloc writes it): one line per query,
+`name qw qx qy qz tx ty tz`, the rotation quaternion (w first) and translation of cam_from_world;
+`name` is the image's basename.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import pycolmap
+
+from ..datasets.formats import qt_from_rigid, rigid_from_qt
+from ..errors import D2SfmError
+
+logger = logging.getLogger(__name__)
+
+
+class LocalizationError(D2SfmError, ValueError):
+    """Inputs of the localization steps that cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class PoseEstimationConfig:
+    ransac_max_error: float = 12.0  # px in the query image (hloc: 12 localize_sfm, 48 localize_inloc)
+    max_num_trials: int = 10000  # RANSAC iterations at most (pycolmap default)
+    min_num_inliers: int = 6  # fewer inliers count as a failure
+    random_seed: int = 0  # fixed seed: the same inputs give the same pose
+    refine_focal_length: bool = False  # query intrinsics are known: keep them
+    refine_extra_params: bool = False
+
+    def with_threshold(self, ransac_max_error: float) -> "PoseEstimationConfig":
+        return PoseEstimationConfig(**{**asdict(self), "ransac_max_error": float(ransac_max_error)})
+
+
+@dataclass
+class PoseEstimate:
+    cam_from_world: pycolmap.Rigid3d
+    num_inliers: int
+    inlier_mask: np.ndarray  # (M,) bool over the given correspondences
+
+
+def colmap_points(keypoints: np.ndarray) -> np.ndarray:
+    """HDF5 keypoints (integer = pixel centre) -> COLMAP pixel coordinates (+0.5), float64."""
+    return np.asarray(keypoints, np.float64).reshape(-1, 2) + 0.5
+
+
+def estimate_pose(points2D: np.ndarray, points3D: np.ndarray, camera: pycolmap.Camera,
+                  config: PoseEstimationConfig = PoseEstimationConfig()) -> PoseEstimate | None:
+    """LO-RANSAC P3P + non-linear refinement with the camera's intrinsics held fixed.
+
+    points2D (M, 2) in COLMAP pixels, points3D (M, 3) in world coordinates.
+    Returns None when pycolmap finds no pose or fewer than `min_num_inliers` inliers.
+    """
+    points2D = np.ascontiguousarray(points2D, np.float64).reshape(-1, 2)
+    points3D = np.ascontiguousarray(points3D, np.float64).reshape(-1, 3)
+    if len(points2D) != len(points3D):
+        raise ValueError(f"{len(points2D)} 2D points but {len(points3D)} 3D points")
+    if len(points2D) < max(4, config.min_num_inliers):
+        return None
+    estimation = pycolmap.AbsolutePoseEstimationOptions()
+    estimation.ransac.max_error = config.ransac_max_error
+    estimation.ransac.max_num_trials = config.max_num_trials
+    estimation.ransac.random_seed = config.random_seed
+    refinement = pycolmap.AbsolutePoseRefinementOptions()
+    refinement.refine_focal_length = config.refine_focal_length
+    refinement.refine_extra_params = config.refine_extra_params
+    answer = pycolmap.estimate_and_refine_absolute_pose(points2D, points3D, camera, estimation, refinement)
+    if answer is None or answer["num_inliers"] < config.min_num_inliers:
+        return None
+    return PoseEstimate(answer["cam_from_world"], int(answer["num_inliers"]),
+                        np.asarray(answer["inlier_mask"], bool).ravel())
+
+
+@dataclass
+class QueryResult:
+    """What the pose step found for one query; `cam_from_world` is None on failure."""
+
+    name: str  # image name relative to the dataset's image folder
+    cam_from_world: pycolmap.Rigid3d | None = None
+    num_inliers: int = 0
+    num_correspondences: int = 0  # 2D-3D matches given to RANSAC
+    num_retrieved: int = 0
+    db_used: list[str] = field(default_factory=list)  # retrieved images that gave correspondences
+    failure: str | None = None  # why there is no pose
+    seconds: float = 0.0
+
+    @property
+    def success(self) -> bool:
+        return self.cam_from_world is not None
+
+    def to_json(self) -> dict[str, Any]:
+        pose = None
+        if self.cam_from_world is not None:
+            qvec, tvec = qt_from_rigid(self.cam_from_world)
+            pose = {"qvec_wxyz": qvec.tolist(), "tvec": tvec.tolist()}
+        return {"name": self.name, "cam_from_world": pose, "num_inliers": self.num_inliers,
+                "num_correspondences": self.num_correspondences, "num_retrieved": self.num_retrieved,
+                "db_used": self.db_used, "failure": self.failure, "seconds": round(self.seconds, 4)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "QueryResult":
+        pose = data.get("cam_from_world")
+        return cls(data["name"], pose and rigid_from_qt(pose["qvec_wxyz"], pose["tvec"]),
+                   data["num_inliers"], data["num_correspondences"], data["num_retrieved"],
+                   list(data["db_used"]), data["failure"], data["seconds"])
+
+
+def results_name(name: str) -> str:
+    """The name the benchmark expects: the image's basename (like hloc)."""
+    return PurePosixPath(name).name
+
+
+class Timer:
+    """Wall-clock seconds per named step, for summary.json."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, step: str):
+        timer = self
+
+        class _Step:
+            def __enter__(self):
+                self.start = time.time()
+
+            def __exit__(self, *exc):
+                timer.seconds[step] = round(timer.seconds.get(step, 0.0) + time.time() - self.start, 3)
+
+        return _Step()
+
+
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+class QueryLog:
+    """Per-query results appended to a JSON-lines file, so that an interrupted pose step resumes.
+
+    The first line holds the settings; a log written with other settings is discarded.
+    """
+
+    def __init__(self, path: Path, settings: dict[str, Any]):
+        self.path = Path(path)
+        self.settings = json.loads(json.dumps(settings, default=str))
+        self.done: dict[str, QueryResult] = self._read()
+        if not self.done:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"settings": self.settings}) + "\n")
+
+    def _read(self) -> dict[str, QueryResult]:
+        if not self.path.exists():
+            return {}
+        lines = self.path.read_text().splitlines()
+        try:
+            header = json.loads(lines[0]) if lines else {}
+        except json.JSONDecodeError:
+            header = {}
+        if header.get("settings") != self.settings:
+            if lines:
+                logger.info("Settings changed since %s was written: estimating all poses again", self.path)
+            return {}
+        done: dict[str, QueryResult] = {}
+        for line in lines[1:]:
+            try:
+                result = QueryResult.from_json(json.loads(line))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                # a line cut by a crash ends the usable part of the log
+                logger.warning("Ignoring the damaged end of %s", self.path)
+                self.path.write_text("\n".join(lines[:1 + len(done)]) + "\n")
+                break
+            done[result.name] = result
+        return done
+
+    def add(self, result: QueryResult) -> None:
+        self.done[result.name] = result
+        with open(self.path, "a") as f:
+            f.write(json.dumps(result.to_json()) + "\n")

@@ -1,0 +1,139 @@
+"""Pipeline step: localize queries through database cutouts with per-pixel 3D (InLoc; hloc
+`localize_inloc`).
+
+Each retrieved cutout `<name>.jpg` has a scan `XYZcut` (H, W, 3, NaN where the scanner saw
+nothing) in its building's local frame, and an alignment that maps that frame to the world. The
+cutout keypoints of the matches are looked up in `XYZcut` (bilinear, then nearest where bilinear
+meets a NaN, as hloc), mapped to the world and given to pycolmap with the query keypoints.
+
+Pixel conventions: HDF5 keypoints have integer = pixel centre, so keypoint (x, y) lies on
+XYZcut[y, x] when the scan has the image's resolution (otherwise it is scaled exactly: (kp + 0.5)
+* s - 0.5). Query keypoints get +0.5 for the COLMAP camera. (hloc leaves out that +0.5 and uses
+cx = W/2, a half-pixel shift; this step does not.)
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import h5py
+import numpy as np
+import pycolmap
+from tqdm import tqdm
+
+from ..h5io import H5FormatError
+from .estimation import PoseEstimationConfig, QueryLog, QueryResult, colmap_points, estimate_pose
+from .features import read_keypoints, read_match_indices
+
+logger = logging.getLogger(__name__)
+
+# name of a cutout -> its per-pixel world points (H, W, 3) float, NaN where unknown
+CutoutPoints = Callable[[str], np.ndarray]
+
+
+@dataclass(frozen=True)
+class CutoutLocalizationConfig:
+    estimation: PoseEstimationConfig = field(
+        default_factory=lambda: PoseEstimationConfig(ransac_max_error=48.0))  # hloc localize_inloc
+    min_matches: int = 20  # skip a cutout with fewer matches (hloc skip_matches)
+
+
+def sample_points(xyz: np.ndarray, keypoints: np.ndarray, image_size: tuple[int, int] | None = None
+                  ) -> np.ndarray:
+    """3D points (N, 3) at keypoints (N, 2) x, y (integer = pixel centre); NaN rows where unknown.
+
+    xyz: (H, W, 3) per-pixel points. image_size (W, H) of the image the keypoints belong to, when
+    it differs from the scan's. Bilinear interpolation needs 4 valid corners; elsewhere the
+    nearest pixel is used (NaN if it is NaN too, or if the keypoint lies outside the scan).
+    """
+    height, width = xyz.shape[:2]
+    points = np.asarray(keypoints, np.float64).reshape(-1, 2).copy()
+    if image_size is not None and tuple(image_size) != (width, height):
+        points = (points + 0.5) * (np.array([width, height]) / np.asarray(image_size, np.float64)) - 0.5
+    x, y = points[:, 0], points[:, 1]
+    out = np.full((len(points), 3), np.nan)
+    inside = (x > -0.5) & (x < width - 0.5) & (y > -0.5) & (y < height - 0.5)
+    x0 = np.clip(np.floor(x), 0, width - 2).astype(int)
+    y0 = np.clip(np.floor(y), 0, height - 2).astype(int)
+    ax = np.clip(x - x0, 0, 1)[:, None]
+    ay = np.clip(y - y0, 0, 1)[:, None]
+    bilinear = ((1 - ax) * (1 - ay) * xyz[y0, x0] + ax * (1 - ay) * xyz[y0, x0 + 1]
+                + (1 - ax) * ay * xyz[y0 + 1, x0] + ax * ay * xyz[y0 + 1, x0 + 1])
+    nearest = xyz[np.clip(np.rint(y), 0, height - 1).astype(int), np.clip(np.rint(x), 0, width - 1).astype(int)]
+    use_bilinear = np.isfinite(bilinear).all(1)
+    out[inside] = np.where(use_bilinear[:, None], bilinear, nearest)[inside]
+    return out
+
+
+class CutoutLocalizer:
+    def __init__(self, cutout_points: CutoutPoints, features: h5py.File, matches: h5py.File,
+                 config: CutoutLocalizationConfig):
+        self.cutout_points = cutout_points
+        self.features = features
+        self.matches = matches
+        self.config = config
+
+    def correspondences(self, query: str, db_names: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Query keypoint indices (M,) and world points (M, 3) over all retrieved cutouts."""
+        indices, points, used = [], [], []
+        for db_name in db_names:
+            pairs = read_match_indices(self.matches, query, db_name)
+            if len(pairs) < self.config.min_matches:
+                continue
+            if db_name not in self.features:
+                raise H5FormatError(f"{self.features.filename} has no features for image {db_name!r}")
+            group = self.features[db_name]
+            keypoints = group["keypoints"][()]
+            image_size = tuple(int(v) for v in group["image_size"][()])
+            xyz = sample_points(self.cutout_points(db_name), keypoints[pairs[:, 1]], image_size)
+            valid = np.isfinite(xyz).all(1)
+            if valid.any():
+                indices.append(pairs[valid, 0])
+                points.append(xyz[valid])
+                used.append(db_name)
+        if not indices:
+            return np.zeros(0, np.int64), np.zeros((0, 3)), used
+        return np.concatenate(indices), np.concatenate(points), used
+
+    def localize(self, query: str, camera: pycolmap.Camera, db_names: list[str]) -> QueryResult:
+        start = time.time()
+        keypoints = read_keypoints(self.features, query)
+        kp_idx, points3D, used = self.correspondences(query, db_names)
+        result = QueryResult(query, num_correspondences=len(kp_idx), num_retrieved=len(db_names), db_used=used)
+        if not db_names:
+            result.failure = "no retrieved database image"
+        elif len(kp_idx) == 0:
+            result.failure = (f"no cutout has {self.config.min_matches} matches with valid 3D "
+                              "(XYZcut) at the matched keypoints")
+        else:
+            estimate = estimate_pose(colmap_points(keypoints[kp_idx]), points3D, camera, self.config.estimation)
+            if estimate is None:
+                result.failure = f"no pose from {len(kp_idx)} 2D-3D matches"
+            else:
+                result.cam_from_world = estimate.cam_from_world
+                result.num_inliers = estimate.num_inliers
+        result.seconds = time.time() - start
+        return result
+
+
+def main(queries: dict[str, pycolmap.Camera], retrieval: dict[str, list[str]], features: Path,
+         matches: Path, cutout_points: CutoutPoints,
+         config: CutoutLocalizationConfig = CutoutLocalizationConfig(), log: QueryLog | None = None
+         ) -> list[QueryResult]:
+    """Localize every query (name -> camera) against its retrieved cutouts (resumable via `log`)."""
+    done = log.done if log else {}
+    results = []
+    with h5py.File(features, "r") as features_file, h5py.File(matches, "r") as matches_file:
+        localizer = CutoutLocalizer(cutout_points, features_file, matches_file, config)
+        for name in tqdm(list(queries), desc="localize", unit="query"):
+            if name in done:
+                results.append(done[name])
+                continue
+            result = localizer.localize(name, queries[name], retrieval.get(name, []))
+            if log:
+                log.add(result)
+            results.append(result)
+    return results
