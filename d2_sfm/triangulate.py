@@ -1,0 +1,207 @@
+"""Pipeline step: triangulate D2 matches into a model whose camera poses are known and kept fixed.
+
+python -m d2_sfm.triangulate --reference MODEL_DIR --images DIR --pairs PAIRS.txt
+                             --features FEATURES.h5 --matches MATCHES.h5 --output OUT_DIR
+                             [--verification poses|estimate|none] [--max-epipolar-error PX]
+
+As hloc's `triangulation.py` (used to build localization maps such as Aachen's from a reference
+model): the reference's cameras, rigs, frames and images are written to `OUT_DIR/database.db` with
+their ids, D2 keypoints (+0.5 px into COLMAP's pixel convention) and raw matches are imported,
+matches are verified, then `pycolmap.triangulate_points` builds the 3D points; poses and intrinsics
+stay as given. Verification modes:
+- poses (default): keep matches whose epipolar distance under the known relative pose
+  `cam1_from_cam0 = cam_from_world1 * cam_from_world0^-1` is below `max_epipolar_error` x the
+  keypoint uncertainty (HDF5 attribute, 1 if absent) in both images;
+- estimate: pycolmap's RANSAC verification (ignores the poses);
+- none: every raw match counts as an inlier.
+Images of the reference without features are left without 3D points (a warning says how many).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2  # noqa: F401  (imported before pycolmap: pycolmap 4.2.1 first breaks cv2's PNG writer)
+import h5py
+import numpy as np
+import pycolmap
+from tqdm import tqdm
+
+from . import colmap_db
+from .cli import run_cli
+from .colmap_db import COLMAP_PIXEL_OFFSET, VerificationConfig
+from .errors import D2SfmError
+from .h5io import list_h5_names
+from .match import read_pairs, unique_pairs
+
+logger = logging.getLogger(__name__)
+
+VERIFICATION_MODES = ("poses", "estimate", "none")
+
+
+class TriangulationError(D2SfmError, ValueError):
+    """Inputs that cannot be triangulated (reference model, names); the message names the file."""
+
+
+@dataclass(frozen=True)
+class TriangulationConfig:
+    verification: str = "poses"  # poses | estimate | none (see the module docstring)
+    max_epipolar_error: float = 4.0  # px, times the keypoint uncertainty (poses mode)
+    min_match_score: float | None = None  # drop raw matches scoring at or below this
+    min_num_inliers: int = 15  # pairs with fewer verified matches are dropped (poses/none modes)
+    num_threads: int = -1
+
+    def __post_init__(self) -> None:
+        if self.verification not in VERIFICATION_MODES:
+            raise TriangulationError(f"verification {self.verification!r} is not one of "
+                                     f"{', '.join(VERIFICATION_MODES)}")
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def load_reference(reference: pycolmap.Reconstruction | Path) -> pycolmap.Reconstruction:
+    if isinstance(reference, pycolmap.Reconstruction):
+        return reference
+    path = Path(reference)
+    if not (path / "images.bin").is_file() and not (path / "images.txt").is_file():
+        raise TriangulationError(f"reference model {path} is not a COLMAP model folder (no images.bin / images.txt)")
+    return pycolmap.Reconstruction(str(path))
+
+
+def database_from_model(database: Path, reference: pycolmap.Reconstruction) -> dict[str, int]:
+    """Cameras, rigs, frames and images of `reference`, ids preserved; returns name -> image id."""
+    with pycolmap.Database.open(str(database)) as db:
+        for camera in reference.cameras.values():
+            db.write_camera(camera, use_camera_id=True)
+        for rig in reference.rigs.values():
+            db.write_rig(rig, use_rig_id=True)
+        for frame in reference.frames.values():
+            db.write_frame(frame, use_frame_id=True)
+        for image in reference.images.values():
+            db.write_image(pycolmap.Image(name=image.name, camera_id=image.camera_id, image_id=image.image_id),
+                           use_image_id=True)
+    return {image.name: image.image_id for image in reference.images.values()}
+
+
+def keypoint_uncertainty(handle: h5py.File, name: str) -> float:
+    return float(handle[name]["keypoints"].attrs.get("uncertainty", 1.0))
+
+
+def epipolar_inliers(reference: pycolmap.Reconstruction, image_id0: int, image_id1: int, keypoints0: np.ndarray,
+                     keypoints1: np.ndarray, matches: np.ndarray, thresholds_px: tuple[float, float]) -> np.ndarray:
+    """Mask of matches consistent with the known poses. Keypoints in COLMAP pixels (after +0.5)."""
+    image0, image1 = reference.image(image_id0), reference.image(image_id1)
+    camera0, camera1 = reference.camera(image0.camera_id), reference.camera(image1.camera_id)
+    rays0 = camera0.cam_from_img(keypoints0[matches[:, 0]].astype(np.float64))
+    rays1 = camera1.cam_from_img(keypoints1[matches[:, 1]].astype(np.float64))
+    cam1_from_cam0 = image1.cam_from_world() * image0.cam_from_world().inverse()
+    essential = pycolmap.essential_matrix_from_pose(cam1_from_cam0)
+    h0, h1 = np.c_[rays0, np.ones(len(rays0))], np.c_[rays1, np.ones(len(rays1))]
+    lines1, lines0 = h0 @ essential.T, h1 @ essential  # epipolar lines in image 1 and image 0
+    distance1 = np.abs((h1 * lines1).sum(1)) / np.linalg.norm(lines1[:, :2], axis=1)
+    distance0 = np.abs((h0 * lines0).sum(1)) / np.linalg.norm(lines0[:, :2], axis=1)
+    return ((distance0 <= camera0.cam_from_img_threshold(thresholds_px[0]))
+            & (distance1 <= camera1.cam_from_img_threshold(thresholds_px[1])))
+
+
+def import_and_verify(database: Path, reference: pycolmap.Reconstruction, image_ids: dict[str, int],
+                      pairs: list[tuple[str, str]], features: Path, matches: Path, config: TriangulationConfig) -> int:
+    """Keypoints, raw matches and verified matches; returns the number of pairs kept."""
+    with pycolmap.Database.open(str(database)) as db, h5py.File(features, "r") as feats:
+        keypoints = {}
+        for name, image_id in image_ids.items():
+            keypoints[name] = feats[name]["keypoints"][()].astype(np.float32).reshape(-1, 2) + COLMAP_PIXEL_OFFSET
+            db.write_keypoints(image_id, keypoints[name])
+        stats = colmap_db.import_matches(db, pairs, matches, image_ids, config.min_match_score)
+        if config.verification == "estimate":
+            return -1
+        kept = 0
+        for stat in tqdm(stats, desc="verify (known poses)", unit="pair", disable=len(stats) < 50):
+            id0, id1 = image_ids[stat.name0], image_ids[stat.name1]
+            raw = db.read_matches(id0, id1)  # as stored: columns follow (id0, id1)
+            if config.verification == "poses" and len(raw):
+                thresholds = (config.max_epipolar_error * keypoint_uncertainty(feats, stat.name0),
+                              config.max_epipolar_error * keypoint_uncertainty(feats, stat.name1))
+                raw = raw[epipolar_inliers(reference, id0, id1, keypoints[stat.name0], keypoints[stat.name1],
+                                           raw, thresholds)]
+            if len(raw) < config.min_num_inliers:
+                continue
+            geometry = pycolmap.TwoViewGeometry()
+            geometry.config = pycolmap.TwoViewGeometryConfiguration.CALIBRATED
+            geometry.inlier_matches = np.ascontiguousarray(raw, np.uint32)
+            db.write_two_view_geometry(id0, id1, geometry)
+            kept += 1
+    return kept
+
+
+def main(reference: pycolmap.Reconstruction | Path, image_dir: Path, pairs: Path, features: Path, matches: Path,
+         output_dir: Path, config: TriangulationConfig = TriangulationConfig(),
+         mapper_options: pycolmap.IncrementalPipelineOptions | None = None) -> pycolmap.Reconstruction:
+    """Triangulate the matches of `pairs` with the fixed poses of `reference`; the model (with the
+    reference's cameras and poses, D2 keypoints as points2D) is written to `output_dir`."""
+    start = time.time()
+    reference = load_reference(reference)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with_features = set(list_h5_names(features))
+    model = pycolmap.Reconstruction(reference)
+    missing = [im.image_id for im in model.images.values() if im.name not in with_features]
+    if missing:
+        logger.warning("%d of %d reference images have no features in %s; they get no 3D points",
+                       len(missing), model.num_images(), features)
+    names = {im.name for im in model.images.values()} & with_features
+    pair_list = [(a, b) for a, b in unique_pairs(read_pairs(pairs)) if a in names and b in names]
+    if not pair_list:
+        raise TriangulationError(f"no pair of {pairs} names two reference images that have features")
+    database = output_dir / "database.db"
+    partial = database.with_name(database.name + ".partial")
+    partial.unlink(missing_ok=True)
+    try:
+        image_ids = {n: i for n, i in database_from_model(partial, model).items() if n in names}
+        kept = import_and_verify(partial, model, image_ids, pair_list, features, matches, config)
+        if config.verification == "estimate":
+            colmap_db.verify(partial, VerificationConfig(), config.num_threads)
+        shutil.move(partial, database)
+    finally:
+        partial.unlink(missing_ok=True)
+    logger.info("Imported %d pairs%s", len(pair_list), f", {kept} kept after verification" if kept >= 0 else "")
+    options = mapper_options or pycolmap.IncrementalPipelineOptions()
+    options.num_threads = config.num_threads
+    triangulated = pycolmap.triangulate_points(model, str(database), str(image_dir), str(output_dir),
+                                               clear_points=True, options=options, refine_intrinsics=False)
+    logger.info("Triangulated %d points from %d images in %.1f s (model in %s)", triangulated.num_points3D(),
+                triangulated.num_reg_images(), time.time() - start, output_dir)
+    return triangulated
+
+
+def build_parser() -> argparse.ArgumentParser:
+    default = TriangulationConfig()
+    parser = argparse.ArgumentParser(prog="python -m d2_sfm.triangulate", description=__doc__.split("\n")[0])
+    parser.add_argument("--reference", type=Path, required=True, help="COLMAP model with the known poses")
+    parser.add_argument("--images", type=Path, required=True, help="image folder (for point colours)")
+    parser.add_argument("--pairs", type=Path, required=True)
+    parser.add_argument("--features", type=Path, required=True)
+    parser.add_argument("--matches", type=Path, required=True)
+    parser.add_argument("--output", type=Path, required=True, help="folder for database.db and the model")
+    parser.add_argument("--verification", choices=VERIFICATION_MODES, default=default.verification)
+    parser.add_argument("--max-epipolar-error", type=float, default=default.max_epipolar_error, help="px")
+    parser.add_argument("--min-match-score", type=float, default=default.min_match_score)
+    return parser
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = TriangulationConfig(verification=args.verification, max_epipolar_error=args.max_epipolar_error,
+                                 min_match_score=args.min_match_score)
+    colmap_db.log_colmap_to(args.output / "colmap.log")
+    main(args.reference, args.images, args.pairs, args.features, args.matches, args.output, config)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(cli))

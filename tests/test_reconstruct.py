@@ -1,0 +1,128 @@
+"""Reconstruction pipeline: CLI defaults, bad input, mapping and model assessment (fast cases)."""
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+import pycolmap
+import pytest
+from test_colmap_db import synthetic_inputs
+
+from d2_sfm import colmap_db, reconstruct
+from d2_sfm.alignment import align_and_compare, model_poses, relative_rotation_errors
+from d2_sfm.cli import run_cli
+from d2_sfm.colmap_db import VerificationConfig
+from d2_sfm.reconstruct import ReconstructionConfig, ReliabilityConfig
+
+
+def test_cli_defaults_equal_the_api_defaults():
+    args = reconstruct.build_parser().parse_args(["--output", "out"])
+    assert reconstruct.config_from_args(args) == ReconstructionConfig()
+
+
+def run(argv: list[str], caplog) -> tuple[int, str]:
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        code = run_cli(reconstruct.cli, argv)
+    return code, " ".join(r.getMessage() for r in caplog.records)
+
+
+def test_empty_folder_single_image_and_file_output(tmp_path, caplog):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, message = run(["--images", str(empty), "--output", str(tmp_path / "out")], caplog)
+    assert code == 2 and "contains no images" in message
+    code, message = run(["--images", str(tmp_path / "missing"), "--output", str(tmp_path / "out")], caplog)
+    assert code == 2 and "does not exist" in message
+
+    single = tmp_path / "single"
+    single.mkdir()
+    cv2.imwrite(str(single / "only.jpg"), np.zeros((32, 32, 3), np.uint8))
+    code, message = run(["--images", str(single), "--output", str(tmp_path / "out")], caplog)
+    assert code == 2 and "single image" in message and "only.jpg" in message
+
+    output_file = tmp_path / "file"
+    output_file.write_text("x")
+    code, message = run(["--images", str(single), "--output", str(output_file)], caplog)
+    assert code == 2 and "not a folder" in message
+
+
+def test_unrelated_images_give_a_clear_error(tmp_path, caplog):
+    """Two photographs that share nothing: no verified pair, exit 2, nothing half-written."""
+    skimage_data = pytest.importorskip("skimage.data")
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), cv2.resize(skimage_data.astronaut()[..., ::-1], (200, 200)))
+    cv2.imwrite(str(images / "b.png"), cv2.resize(skimage_data.coffee()[..., ::-1], (200, 133)))
+    unreadable = images / "c.jpg"
+    unreadable.write_bytes(b"not a jpeg")
+    out = tmp_path / "out"
+    code, message = run(["--images", str(images), "--output", str(out), "--weights", "hed_vgg16",
+                         "--max-edge", "200"], caplog)
+    assert code == 2
+    assert "no image pair survived geometric verification" in message or "found no initial pair" in message
+    assert (out / "database.db").is_file() and not (out / "database.db.partial").exists()
+    with pycolmap.Database.open(str(out / "database.db")) as db:
+        assert db.num_images() == 2  # the unreadable image was skipped, the database is complete
+    assert not (out / "summary.json").exists()
+
+
+@pytest.fixture(scope="module")
+def mapped(tmp_path_factory):
+    """The synthetic scene of test_colmap_db through database + pycolmap mapping (no D2 involved)."""
+    root = tmp_path_factory.mktemp("mapped")
+    scene = synthetic_inputs(root, num_views=5)
+    summary = colmap_db.main(root / "database.db", scene.image_dir, scene.pairs, scene.features, scene.matches,
+                             verification=VerificationConfig(), num_threads=1)
+    options = reconstruct.mapper_options(reconstruct.MapperConfig(num_threads=1), [])
+    models = reconstruct.incremental_mapping(root / "database.db", scene.image_dir, root / "models", 6, options)
+    return scene, summary, reconstruct.best_model(models), root
+
+
+def test_mapping_recovers_the_synthetic_poses(mapped):
+    scene, _, model, _ = mapped
+    assert model.num_reg_images() == 5  # the noise view has no verified pair
+    errors = align_and_compare(model_poses(model), scene.cam_from_world)
+    assert errors.max_rotation_deg < 0.5
+    assert errors.max_centre_fraction < 0.01
+    assert relative_rotation_errors(model_poses(model), scene.cam_from_world).max() < 0.5
+
+
+def test_assessment_flags_weak_registrations(mapped):
+    scene, summary, model, root = mapped
+    cameras = reconstruct.initial_cameras(root / "database.db")
+    ok = reconstruct.assess_model(model, summary.pairs, summary.camera_sources, cameras, 6, ReliabilityConfig())
+    assert ok.status == "partial" and not ok.warnings  # 5 of 6 registered, nothing suspicious
+    strict = ReliabilityConfig(strong_pair_inliers=10 ** 6)
+    flagged = reconstruct.assess_model(model, summary.pairs, summary.camera_sources, cameras, 6, strict)
+    assert flagged.status == "unreliable" and set(flagged.weak_images) == set(model_poses(model))
+
+
+def test_camera_warnings_for_implausible_intrinsics():
+    config = ReliabilityConfig()
+    prior = pycolmap.Camera.create_from_model_name(1, "SIMPLE_RADIAL", 768.0, 640, 480)
+    collapsed = pycolmap.Camera.create_from_model_name(1, "SIMPLE_RADIAL", 400.0, 640, 480)
+    assert "moved x0.52" in reconstruct.camera_warnings(collapsed, prior, "default", ["a.png"], config)[0]
+    fine = pycolmap.Camera.create_from_model_name(1, "SIMPLE_RADIAL", 700.0, 640, 480)
+    assert reconstruct.camera_warnings(fine, prior, "default", ["a.png"], config) == []
+    assert reconstruct.camera_warnings(collapsed, prior, "exif", ["a.png"], config)  # EXIF: tighter limit
+    distorted = pycolmap.Camera.create_from_model_name(1, "SIMPLE_RADIAL", 700.0, 640, 480)
+    distorted.params = [700.0, 320.0, 240.0, -1.0]
+    assert "radial distortion" in reconstruct.camera_warnings(distorted, prior, "default", ["a"], config)[0]
+
+
+def test_step_log_resumes_only_same_settings(tmp_path):
+    log = reconstruct.StepLog(tmp_path / "steps.json")
+    output = tmp_path / "x.txt"
+    log.start("pairs", "key1")
+    assert not log.is_complete("pairs", "key1", [output])
+    output.write_text("done")
+    log.finish("pairs", {"pairs": 1.0})
+    again = reconstruct.StepLog(tmp_path / "steps.json")
+    assert again.is_complete("pairs", "key1", [output])
+    assert not again.is_complete("pairs", "key2", [output])
+    output.unlink()
+    assert not again.is_complete("pairs", "key1", [output])
+    (tmp_path / "steps.json").write_text("{broken")
+    assert reconstruct.StepLog(tmp_path / "steps.json").entries == {}
