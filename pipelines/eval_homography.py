@@ -1,0 +1,110 @@
+"""MMA at 1..10 px and mutual-NN match counts on image pairs with ground-truth homographies.
+
+  python pipelines/eval_homography.py --weights hed_vgg16 [--weights PATH ...] [--sift] \
+      [--data ../shared/data/homography] [--pairs pass-fail|all] [--device cuda] [--json OUT]
+
+Every method runs on every pair (graffiti, boat, iguazu 1->k, EVD); the summary averages the five
+pass/fail pairs (graffiti 1-2, 1-3, boat 1-2, iguazu 1-3, 1-6). MMA as in D2-Net's HPatches
+notebook: mutual NN on L2-normalised descriptors, share of matches within t px under the GT
+homography. D2 runs single-scale with the official resizing (max edge 1600, max W+H 2800).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from d2_sfm.cli import run_cli  # noqa: E402
+from d2_sfm.errors import D2SfmError  # noqa: E402
+from d2_sfm.training.homography_eval import (PASS_FAIL_PAIRS, THRESHOLDS, PairResult,  # noqa: E402
+                                             d2_features, evaluate, list_pairs, sift_features)
+
+logger = logging.getLogger("d2_sfm.eval_homography")
+SHOWN_THRESHOLDS = (1, 2, 3, 5, 10)
+
+
+def main(weights: list[str], sift: bool, data: Path, pairs: str = "all", device: str = "cpu",
+         multiscale: bool = False) -> dict[str, list[PairResult]]:
+    """Evaluate each method on the pairs; returns {method: results in pair order}."""
+    from d2_sfm.extractor import D2Extractor, ExtractionConfig
+
+    if not Path(data).is_dir():
+        raise D2SfmError(f"homography data folder {data} does not exist")
+    selected = list_pairs(Path(data))
+    if pairs == "pass-fail":
+        selected = [p for p in selected if p.name in PASS_FAIL_PAIRS]
+    if not selected:
+        raise D2SfmError(f"no homography pairs found below {data}")
+    results = {}
+    for name in weights:
+        extractor = D2Extractor(name, ExtractionConfig(multiscale=multiscale), device=device)
+        results[f"d2 {method_label(name, results)}"] = evaluate(d2_features(extractor), selected)
+    if sift:
+        results["sift"] = evaluate(sift_features, selected)
+    return results
+
+
+def method_label(weights: str, taken: dict) -> str:
+    """A weights name as is; a path as parent/file (run folders hold best.pth, last.pth), made unique."""
+    path = Path(weights)
+    label = f"{path.parent.name}/{path.name}" if path.is_file() and path.parent.name else weights
+    while f"d2 {label}" in taken:
+        label += "'"
+    return label
+
+
+def table(results: dict[str, list[PairResult]]) -> str:
+    header = f"{'pair':<14} {'method':<24} {'kp0':>6} {'kp1':>6} {'matches':>7} " + " ".join(
+        f"{'@' + str(t):>5}" for t in SHOWN_THRESHOLDS)
+    lines = [header, "-" * len(header)]
+    names = [r.name for r in next(iter(results.values()))]
+    for index, pair in enumerate(names):
+        for method, rows in results.items():
+            r = rows[index]
+            lines.append(f"{pair:<14} {method:<24} {r.keypoints[0]:>6} {r.keypoints[1]:>6} {r.matches:>7} "
+                         + " ".join(f"{r.mma[t - 1]:>5.2f}" for t in SHOWN_THRESHOLDS))
+    lines.append("")
+    lines.append(f"summary over the pass/fail pairs ({', '.join(PASS_FAIL_PAIRS)}):")
+    for method, rows in results.items():
+        chosen = [r for r in rows if r.name in PASS_FAIL_PAIRS]
+        if not chosen:
+            continue
+        mean = np.mean([r.mma for r in chosen], axis=0)
+        lines.append(f"  {method:<24} mean matches {np.mean([r.matches for r in chosen]):>7.1f}  MMA "
+                     + " ".join(f"@{t} {mean[t - 1]:.3f}" for t in SHOWN_THRESHOLDS)
+                     + "  min MMA@3 " + f"{min(r.mma[2] for r in chosen):.3f}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", action="append", default=None,
+                        help="weights name or checkpoint path (repeatable); default: hed_vgg16")
+    parser.add_argument("--sift", action="store_true", help="also evaluate OpenCV SIFT")
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/homography"))
+    parser.add_argument("--pairs", choices=("all", "pass-fail"), default="all")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--multiscale", action="store_true")
+    parser.add_argument("--json", type=Path, default=None, help="also write all numbers here")
+    return parser
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    results = main(args.weights or ["hed_vgg16"], args.sift, args.data, args.pairs, args.device, args.multiscale)
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps({m: [{"pair": r.name, "keypoints": r.keypoints, "matches": r.matches,
+                                              "mma": dict(zip(THRESHOLDS, r.mma))} for r in rows]
+                                         for m, rows in results.items()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(cli))
