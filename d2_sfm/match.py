@@ -21,33 +21,13 @@ from .cli import run_cli
 from .errors import D2SfmError
 from .h5io import H5FormatError, atomic_h5, has_pair, write_matches
 from .matching import MatcherConfig, match_descriptors
-from .paths import safe_relative_name
+from .datasets.formats import read_pairs  # noqa: F401  (re-exported: one pairs reader)
 
 logger = logging.getLogger(__name__)
 
 
 class PairsError(D2SfmError, ValueError):
-    """A pairs file that cannot be used; the message names the file and line."""
-
-
-def read_pairs(path: Path) -> list[tuple[str, str]]:
-    """hloc pairs file: `name0 name1` per line; '#' comments and blank lines are skipped.
-
-    Names must be relative paths inside the image folder (no absolute paths, no `..`).
-    """
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as error:
-        raise PairsError(f"cannot read pairs file {path}: {error.strerror or error}") from error
-    pairs = []
-    for number, line in enumerate(lines, 1):
-        fields = line.split()
-        if not fields or fields[0].startswith("#"):
-            continue
-        if len(fields) != 2:
-            raise PairsError(f"{path}:{number}: expected 'name0 name1', got {line!r}")
-        pairs.append(tuple(safe_relative_name(f, f"{path}:{number}") for f in fields))
-    return pairs
+    """A pairs file or pairs request that cannot be used; the message names the file and line."""
 
 
 def unique_pairs(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
