@@ -54,6 +54,16 @@ def list_h5_names(path: Path) -> list[str]:
     return sorted(names)
 
 
+@contextlib.contextmanager
+def _opened(source: Path | h5py.File) -> Iterator[h5py.File]:
+    """An open file as is, or a path opened read-only for the duration."""
+    if isinstance(source, h5py.File):
+        yield source
+    else:
+        with h5py.File(source, "r") as f:
+            yield f
+
+
 def _is_readable(path: Path) -> bool:
     try:
         with h5py.File(path, "r") as f:
@@ -138,10 +148,11 @@ def read_features(path: Path, name: str) -> dict[str, np.ndarray]:
             raise H5FormatError(f"{path}: features of {name!r} lack {error}") from error
 
 
-def read_keypoints(path: Path, name: str) -> np.ndarray:
-    with h5py.File(path, "r") as f:
+def read_keypoints(source: Path | h5py.File, name: str) -> np.ndarray:
+    """Keypoints (N, 2) of one image, from a path or an open file (for many reads)."""
+    with _opened(source) as f:
         if name not in f:
-            raise H5FormatError(f"{path} has no features for image {name!r}")
+            raise H5FormatError(f"{f.filename} has no features for image {name!r}")
         return f[name]["keypoints"][()].astype(np.float32)
 
 
@@ -165,9 +176,10 @@ def find_pair(handle: h5py.File, name0: str, name1: str) -> tuple[str, bool]:
     raise H5FormatError(f"{handle.filename} has no matches for the pair ({name0}, {name1})")
 
 
-def read_matches(path: Path, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
-    """Matched index pairs (M, 2) (into name0's and name1's keypoints) and their scores (M,)."""
-    with h5py.File(path, "r") as f:
+def read_matches(source: Path | h5py.File, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
+    """Matched index pairs (M, 2) (into name0's and name1's keypoints) and their scores (M,),
+    from a path or an open file; the pair may be stored in either order or naming scheme."""
+    with _opened(source) as f:
         key, reverse = find_pair(f, name0, name1)
         matches0 = f[key]["matches0"][()].astype(np.int64)
         scores0 = f[key]["matching_scores0"][()].astype(np.float32)

@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from .cli import run_cli
+from .datasets.formats import write_pairs
 from .h5io import atomic_h5, existing_names, list_h5_names
 from .images import ImageError, list_images, read_image, resize, resized_size
 from .match import PairsError, read_pairs, unique_pairs
@@ -138,15 +139,6 @@ def read_global_descriptors(path: Path, names: list[str]) -> np.ndarray:
 # The step
 
 
-def write_pairs(pairs: list[tuple[str, str]], output: Path) -> Path:
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(output.name + ".partial")
-    partial.write_text("".join(f"{a} {b}\n" for a, b in pairs))
-    partial.replace(output)
-    return output
-
-
 def validated_user_pairs(path: Path, names: list[str] | None) -> list[tuple[str, str]]:
     pairs = unique_pairs(read_pairs(path))
     if names is not None:
@@ -188,7 +180,7 @@ def main(output: Path, names: list[str], config: PairsConfig = PairsConfig(), im
         names = [n for n in names if n in available]
         descriptors = read_global_descriptors(global_features, names)
         pairs = pairs_from_similarity(names, descriptors @ descriptors.T, config.num_matched)
-    write_pairs(pairs, output)
+    write_pairs(output, pairs)
     logger.info("Wrote %d %s pairs of %d images to %s", len(pairs), config.mode, len(names), output)
     return Path(output)
 

@@ -216,10 +216,14 @@ def read_pairs(path: Path, image_root: Path | None = None) -> list[tuple[str, st
 
 
 def write_pairs(path: Path, pairs: Iterable[tuple[str, str]]) -> Path:
-    """hloc's pairs format: `name0 name1` lines joined by newlines (no trailing newline)."""
+    """hloc's pairs format: `name0 name1` lines joined by newlines (no trailing newline).
+
+    Written to a temporary file and renamed, so readers never see a half-written list."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(f"{a} {b}" for a, b in pairs))
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("\n".join(f"{a} {b}" for a, b in pairs))
+    partial.replace(path)
     return path
 
 

@@ -18,6 +18,7 @@ import pycolmap
 import scipy.sparse
 
 from ..cli import run_cli
+from ..datasets.formats import write_pairs
 from .estimation import LocalizationError
 from .model import load_model
 
@@ -83,15 +84,6 @@ def pose_neighbour_pairs(reconstruction: pycolmap.Reconstruction, num_matched: i
         candidates = [j for j in np.argsort(distances[i], kind="stable") if j != i and similar[i, j]]
         pairs.extend((image.name, images[j].name) for j in candidates[:num_matched])
     return pairs
-
-
-def write_pairs(path: Path, pairs: list[tuple[str, str]]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{a} {b}\n" for a, b in pairs))
-    tmp.replace(path)
-    return path
 
 
 def main(reference: Path | pycolmap.Reconstruction, output: Path, num_matched: int = 20,

@@ -15,10 +15,11 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pycolmap
+from tqdm import tqdm
 
 from ..datasets.formats import qt_from_rigid, rigid_from_qt
 from ..errors import D2SfmError
@@ -191,3 +192,26 @@ class QueryLog:
         self.done[result.name] = result
         with open(self.path, "a") as f:
             f.write(json.dumps(result.to_json()) + "\n")
+
+
+class QueryLocalizer(Protocol):
+    def localize(self, name: str, camera: pycolmap.Camera, retrieved: list[str]) -> QueryResult: ...
+
+
+def localize_queries(localizer: QueryLocalizer, queries: dict[str, pycolmap.Camera],
+                     retrieval: dict[str, list[str]], log: QueryLog | None = None) -> list[QueryResult]:
+    """Localize every query (name -> camera) against its retrieved images; queries already in
+    `log` are not estimated again and new results are appended to it (resumable)."""
+    done = log.done if log else {}
+    results = []
+    for name in tqdm(list(queries), desc="localize", unit="query"):
+        if name in done:
+            results.append(done[name])
+            continue
+        result = localizer.localize(name, queries[name], retrieval.get(name, []))
+        if not retrieval.get(name):
+            result.failure = "no retrieved database image"
+        if log:
+            log.add(result)
+        results.append(result)
+    return results

@@ -22,11 +22,11 @@ from typing import Callable
 import h5py
 import numpy as np
 import pycolmap
-from tqdm import tqdm
 
 from ..h5io import H5FormatError
-from .estimation import PoseEstimationConfig, QueryLog, QueryResult, colmap_points, estimate_pose
-from .features import read_keypoints, read_match_indices
+from ..h5io import read_keypoints, read_matches
+from .estimation import (PoseEstimationConfig, QueryLog, QueryResult, colmap_points, estimate_pose,
+                         localize_queries)
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class CutoutLocalizer:
         """Query keypoint indices (M,) and world points (M, 3) over all retrieved cutouts."""
         indices, points, used = [], [], []
         for db_name in db_names:
-            pairs = read_match_indices(self.matches, query, db_name)
+            pairs, _ = read_matches(self.matches, query, db_name)
             if len(pairs) < self.config.min_matches:
                 continue
             if db_name not in self.features:
@@ -124,16 +124,5 @@ def main(queries: dict[str, pycolmap.Camera], retrieval: dict[str, list[str]], f
          config: CutoutLocalizationConfig = CutoutLocalizationConfig(), log: QueryLog | None = None
          ) -> list[QueryResult]:
     """Localize every query (name -> camera) against its retrieved cutouts (resumable via `log`)."""
-    done = log.done if log else {}
-    results = []
     with h5py.File(features, "r") as features_file, h5py.File(matches, "r") as matches_file:
-        localizer = CutoutLocalizer(cutout_points, features_file, matches_file, config)
-        for name in tqdm(list(queries), desc="localize", unit="query"):
-            if name in done:
-                results.append(done[name])
-                continue
-            result = localizer.localize(name, queries[name], retrieval.get(name, []))
-            if log:
-                log.add(result)
-            results.append(result)
-    return results
+        return localize_queries(CutoutLocalizer(cutout_points, features_file, matches_file, config), queries, retrieval, log)

@@ -20,11 +20,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pycolmap
-from tqdm import tqdm
 
+from ..h5io import read_keypoints, read_matches
 from .estimation import (LocalizationError, PoseEstimationConfig, QueryLog, QueryResult, colmap_points,
-                         estimate_pose)
-from .features import read_keypoints, read_match_indices
+                         estimate_pose, localize_queries)
 from .model import ModelIndex, covisibility_clusters, load_model
 
 logger = logging.getLogger(__name__)
@@ -69,7 +68,7 @@ class ModelLocalizer:
             point3D_ids = self.db_point3D_ids(db_name)
             if point3D_ids is None:
                 continue
-            pairs = read_match_indices(self.matches, query, db_name)
+            pairs, _ = read_matches(self.matches, query, db_name)
             lifted = point3D_ids[pairs[:, 1]]
             keep = lifted >= 0
             if keep.any():
@@ -123,18 +122,5 @@ def main(reference: Path | pycolmap.Reconstruction, queries: dict[str, pycolmap.
     Queries already in `log` are not estimated again; new results are appended to it.
     """
     reconstruction = load_model(reference)
-    done = log.done if log else {}
-    results = []
     with h5py.File(features, "r") as features_file, h5py.File(matches, "r") as matches_file:
-        localizer = ModelLocalizer(reconstruction, features_file, matches_file, config)
-        for name in tqdm(list(queries), desc="localize", unit="query"):
-            if name in done:
-                results.append(done[name])
-                continue
-            result = localizer.localize(name, queries[name], retrieval.get(name, []))
-            if not retrieval.get(name):
-                result.failure = "no retrieved database image"
-            if log:
-                log.add(result)
-            results.append(result)
-    return results
+        return localize_queries(ModelLocalizer(reconstruction, features_file, matches_file, config), queries, retrieval, log)
