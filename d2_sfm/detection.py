@@ -19,6 +19,8 @@ import torch.nn.functional as F
 EDGE_THRESHOLD = 5.0
 # 3x3 neighbourhood offsets (di, dj), row-major; index 4 is the centre.
 NEIGHBOUR_OFFSETS = [(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1)]
+# Channels compared with the channel maximum at a time: bounds the (chunk, h, w) bool temporary.
+CHANNEL_CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -29,29 +31,50 @@ class Candidates:
     j: torch.Tensor  # (K,) long
 
 
+def channel_maxima(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Official test 1 on a (C, h, w) map: (channel, i, j) of every cell equal to the maximum over
+    channels, in nonzero() order. Ties fire in every tied channel, as in the official code."""
+    channel_max = dense.max(dim=0, keepdim=True).values  # (1, h, w)
+    found = []
+    for start in range(0, len(dense), CHANNEL_CHUNK):
+        channel, i, j = torch.nonzero(dense[start:start + CHANNEL_CHUNK] == channel_max, as_tuple=True)
+        found.append((channel + start, i, j))
+    channel, i, j = (torch.cat(parts) for parts in zip(*found))
+    return channel, i, j
+
+
+def neighbourhoods(dense: torch.Tensor, channel: torch.Tensor, i: torch.Tensor, j: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """3x3 values around each (channel, i, j): (K, 9) with 0 outside the map, and (K, 9) inside."""
+    _, height, width = dense.shape
+    offsets = torch.tensor(NEIGHBOUR_OFFSETS, device=dense.device)  # (9, 2)
+    ii = i[:, None] + offsets[:, 0]
+    jj = j[:, None] + offsets[:, 1]
+    inside = (ii >= 0) & (ii < height) & (jj >= 0) & (jj < width)
+    flat = (channel[:, None] * height + ii.clamp_(0, height - 1)) * width + jj.clamp_(0, width - 1)
+    return torch.take(dense, flat).masked_fill_(~inside, 0.0), inside
+
+
+def is_local_maximum(values: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """Official test 2 from (K, 9) neighbourhoods: centre >= all neighbours (outside: -inf)."""
+    return values[:, 4] >= values.masked_fill(~inside, float("-inf")).max(dim=1).values
+
+
 def channel_and_local_maxima(dense: torch.Tensor) -> Candidates:
     """Official tests 1 and 2 on a (C, h, w) map, in (channel, i, j) order like nonzero().
 
     Ties across channels fire in every tied channel, as in the official code.
     """
-    channel_max = dense.max(dim=0, keepdim=True).values  # (1, h, w)
-    channel, i, j = torch.nonzero(dense == channel_max, as_tuple=True)
-    neighbours = gather_neighbours(dense, channel, i, j, fill=float("-inf"))  # (K, 9)
-    is_local_max = neighbours[:, 4] >= neighbours.max(dim=1).values
-    return Candidates(channel[is_local_max], i[is_local_max], j[is_local_max])
+    channel, i, j = channel_maxima(dense)
+    keep = is_local_maximum(*neighbourhoods(dense, channel, i, j))
+    return Candidates(channel[keep], i[keep], j[keep])
 
 
 def gather_neighbours(dense: torch.Tensor, channel: torch.Tensor, i: torch.Tensor, j: torch.Tensor,
                       fill: float = 0.0) -> torch.Tensor:
     """Values of the 3x3 neighbourhood of each (channel, i, j): (K, 9); outside the map -> fill."""
-    _, height, width = dense.shape
-    values = []
-    for di, dj in NEIGHBOUR_OFFSETS:
-        ii, jj = i + di, j + dj
-        inside = (ii >= 0) & (ii < height) & (jj >= 0) & (jj < width)
-        value = dense[channel, ii.clamp(0, height - 1), jj.clamp(0, width - 1)]
-        values.append(torch.where(inside, value, value.new_tensor(fill)))
-    return torch.stack(values, dim=1)
+    values, inside = neighbourhoods(dense, channel, i, j)
+    return values if fill == 0.0 else values.masked_fill_(~inside, fill)
 
 
 def derivatives(neighbours: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -97,13 +120,14 @@ def detect(dense: torch.Tensor, edge_threshold: float = EDGE_THRESHOLD) -> Detec
 
     `position` is only meaningful where |step| < 0.5 (see `keep_refined`).
     """
-    candidates = channel_and_local_maxima(dense)
-    neighbours = gather_neighbours(dense, candidates.channel, candidates.i, candidates.j)
-    d = derivatives(neighbours)
-    keep = is_not_edge(d, edge_threshold)
-    cell = torch.stack([candidates.i, candidates.j], dim=1)[keep]
-    step = newton_step({k: v[keep] for k, v in d.items()})
-    return Detections(candidates.channel[keep], cell, cell.to(dense.dtype) + step)
+    channel, i, j = channel_maxima(dense)
+    values, inside = neighbourhoods(dense, channel, i, j)  # one gather for tests 2, 3 and the step
+    keep = is_local_maximum(values, inside)
+    d = derivatives(values[keep])
+    not_edge = is_not_edge(d, edge_threshold)
+    channel, cell = channel[keep][not_edge], torch.stack([i[keep], j[keep]], dim=1)[not_edge]
+    step = newton_step({k: v[not_edge] for k, v in d.items()})
+    return Detections(channel, cell, cell.to(dense.dtype) + step)
 
 
 def keep_refined(detections: Detections) -> torch.Tensor:

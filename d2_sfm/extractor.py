@@ -13,9 +13,14 @@ from .detection import EDGE_THRESHOLD
 from .images import ResizedImage, read_image, resize, resized_size
 from .model import Preprocessing, preprocess
 from .pyramid import Keypoints, extract_keypoints
+from .tiling import DenseNetwork
 from .weights import load_model
 
 MULTISCALE_SCALES = (0.5, 1.0, 2.0)
+# Tiles of at most this many input pixels per side (plus a 44-48 px halo): single scale up to
+# 1600 px runs in one pass; multi-scale at 1600 px (3200 px at scale 2) stays under 4 GB.
+DEFAULT_TILE_SIZE = 1600
+PERFORMANCE_ONLY = ("tile_size",)  # options that do not change the features (not recorded)
 
 
 @dataclass(frozen=True)
@@ -27,14 +32,22 @@ class ExtractionConfig:
     preprocessing: Preprocessing = "caffe"  # "caffe" for the official and HED weights
     use_relu: bool = True  # ReLU after conv4_3 (official default)
     edge_threshold: float = EDGE_THRESHOLD
+    tile_size: int | None = DEFAULT_TILE_SIZE  # network tiles (input px per side); None: whole image
+    half: bool = False  # CUDA only: float16 autocast, channels-last network (~99% same keypoints)
+
+    def __post_init__(self) -> None:
+        if self.tile_size is not None and self.tile_size < 16:
+            raise ValueError(f"tile_size must be None or at least 16 px, got {self.tile_size}")
 
     @property
     def scales(self) -> tuple[float, ...]:
         return MULTISCALE_SCALES if self.multiscale else (1.0,)
 
     def as_attributes(self) -> dict[str, object]:
-        """Flat settings for HDF5 attributes / summary.json (None -> 0)."""
-        return {k: (0 if v is None else v) for k, v in dataclasses.asdict(self).items()}
+        """Flat settings for HDF5 attributes / summary.json (None -> 0); performance-only options,
+        which leave the features unchanged, are left out."""
+        return {k: (0 if v is None else v) for k, v in dataclasses.asdict(self).items()
+                if k not in PERFORMANCE_ONLY}
 
 
 @dataclass
@@ -66,13 +79,16 @@ class D2Extractor:
         self.config = config
         self.device = torch.device(device)
         self.model, self.weights = load_model(weights, use_relu=config.use_relu, device=self.device)
+        if config.half and self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+        self.network = DenseNetwork(self.model, config.tile_size, config.half)  # reads the weights live
 
     @torch.inference_mode()
     def extract_network_input(self, image_rgb: np.ndarray) -> Keypoints:
         """Features of an RGB uint8 (h, w, 3) image exactly as given (no resizing)."""
         tensor = torch.from_numpy(np.ascontiguousarray(image_rgb)).to(self.device)
         tensor = tensor.permute(2, 0, 1)[None].float()  # (1, 3, h, w) in 0..255
-        keypoints = extract_keypoints(self.model, preprocess(tensor, self.config.preprocessing),
+        keypoints = extract_keypoints(self.network, preprocess(tensor, self.config.preprocessing),
                                       self.config.scales, self.config.edge_threshold)
         return top_k(keypoints, self.config.max_keypoints)
 

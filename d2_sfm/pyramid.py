@@ -67,17 +67,33 @@ def extract_keypoints(dense_fn: DenseFn, image: torch.Tensor, scales: tuple[floa
             image, scale_factor=scale, mode="bilinear", align_corners=True)
         if min(feature_map_size(*level.shape[2:])) < 1:
             continue  # too small for the network: no detections at this level
+        level_hw = tuple(level.shape[2:])
         dense = dense_fn(level)  # (1, C, h, w)
+        del level
         if running_sum is not None:
-            dense = dense + F.interpolate(running_sum, size=dense.shape[2:], mode="bilinear",
-                                          align_corners=True)
+            dense = add_upsampled(dense, running_sum)
         running_sum = dense
         level_kp, banned = detect_level(dense[0], banned, edge_threshold)
-        level_kp.xy = level_to_input(level_kp.xy, tuple(level.shape[2:]), input_hw)
+        level_kp.xy = level_to_input(level_kp.xy, level_hw, input_hw)
         level_kp.scores = level_kp.scores / num_levels
         level_kp.scales = torch.full_like(level_kp.scores, 1.0 / scale)
         result = level_kp if result is None else result.cat(level_kp)
     return result if result is not None else Keypoints.empty(EMPTY_CHANNELS, image.device)
+
+
+def add_upsampled(dense: torch.Tensor, coarse: torch.Tensor, channel_chunk: int = 64) -> torch.Tensor:
+    """dense + bilinear (align_corners) upsampling of coarse (1, C, h', w') to dense's size.
+
+    Without autograd the sum is made in place in `dense`, a few channels at a time, so no second
+    full-size map is allocated; the numbers equal the one-shot sum (as the official `+=`).
+    """
+    if torch.is_grad_enabled():
+        return dense + F.interpolate(coarse, size=dense.shape[2:], mode="bilinear", align_corners=True)
+    for start in range(0, dense.shape[1], channel_chunk):
+        part = slice(start, start + channel_chunk)
+        dense[:, part] += F.interpolate(coarse[:, part], size=dense.shape[2:], mode="bilinear",
+                                        align_corners=True)
+    return dense
 
 
 def detect_level(dense: torch.Tensor, banned: torch.Tensor | None,
