@@ -39,10 +39,14 @@ def add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-keypoints", type=int, default=default.max_keypoints,
                        help="keep the K best-scoring keypoints per image")
     group.add_argument("--preprocessing", choices=("caffe", "torch"), default=default.preprocessing)
+    group.add_argument("--tile-size", type=int, default=default.tile_size,
+                       help="run the network in tiles of this many px per side (exact; bounds memory)")
+    group.add_argument("--half", action="store_true", help="CUDA only: float16 network (faster, not bit-exact)")
     group.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
 
 
 def extraction_config_from_args(args: argparse.Namespace) -> ExtractionConfig:
     return ExtractionConfig(multiscale=args.multiscale, max_edge=args.max_edge,
                             max_sum_edges=args.max_sum_edges, max_keypoints=args.max_keypoints,
-                            preprocessing=args.preprocessing)
+                            preprocessing=args.preprocessing, tile_size=args.tile_size or None,
+                            half=args.half)

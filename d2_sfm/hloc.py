@@ -24,7 +24,7 @@ import logging
 import sys
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -34,6 +34,7 @@ from .extractor import ExtractionConfig, top_k
 from .matching import MatcherConfig, match_descriptors
 from .model import preprocess
 from .pyramid import extract_keypoints
+from .tiling import DenseNetwork
 from .weights import load_model
 
 logger = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ def matcher_config(conf: dict[str, Any]) -> MatcherConfig:
 # --- the computations, usable without hloc --------------------------------------------------------
 
 @torch.no_grad()
-def extract_hloc_image(net: torch.nn.Module, image: torch.Tensor, config: ExtractionConfig
+def extract_hloc_image(net: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, config: ExtractionConfig
                        ) -> dict[str, torch.Tensor]:
     """hloc's image (1, 3, H, W) RGB in [0, 1] (or (1, 1, H, W) grey) -> hloc's prediction dict.
 
@@ -182,7 +183,9 @@ class ExtractorMethods:
         logger.info("d2_sfm extractor for hloc: weights %s, %s", self.weights.name, self.config)
 
     def _forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return extract_hloc_image(self.net, data["image"], self.config)
+        # DenseNetwork: tiled, oneDNN-layout inference, identical numbers to calling the model
+        network = DenseNetwork(self.net, self.config.tile_size, self.config.half)
+        return extract_hloc_image(network, data["image"], self.config)
 
 
 class MatcherMethods:
