@@ -52,7 +52,7 @@ from .scenes import Site, room_site, street_site
 logger = logging.getLogger(__name__)
 
 LAYOUTS = ("aachen", "aachen_v1_1", "inloc")
-DEFAULT_NUM_DB = {"aachen": 20, "aachen_v1_1": 20, "inloc": 24}
+DEFAULT_NUM_DB = {"aachen": 24, "aachen_v1_1": 24, "inloc": 24}
 DEFAULT_NUM_QUERIES = {"aachen": 12, "aachen_v1_1": 12, "inloc": 8}
 IMAGE_SIZE = (640, 480)
 JPEG_QUALITY = 92
@@ -200,16 +200,31 @@ def street_pose(site: Site, rng: np.random.Generator, heading_deg: float, xy: np
     return look_at(center, target, roll_deg=roll_deg)
 
 
+DB_STATION_SPACING = 3.3  # metres between the stations of the Aachen mapping sequence
+
+
 def aachen_database(site: Site, num_db: int, rng: np.random.Generator, image_size: tuple[int, int]
                     ) -> list[tuple[View, pycolmap.Camera]]:
-    """Database views spread along the street, cycling through forward/backward/oblique headings."""
-    headings = (35.0, -35.0, 180.0, 0.0, 145.0, -145.0, 65.0, -65.0, 115.0, -115.0)
+    """A mapping sequence along the street: stations DB_STATION_SPACING apart (closer if they would
+    not fit), centred on the street, each photographing the left facade from the right half of the
+    street and the right facade from the left half (fewer than 4 images: the left facade only),
+    facade-on give or take 20 degrees in a slow sweep, so that neighbours on one side differ by
+    about 20 degrees and a few metres and overlap by well over half."""
+    sides = 2 if num_db >= 4 else 1
+    stations = -(-num_db // sides)
+    y0, y1 = site.walkable[1] + 1, site.walkable[3] - 1
+    span = min(DB_STATION_SPACING * (stations - 1), y1 - y0)
+    ys = (y0 + y1) / 2 + np.linspace(-span / 2, span / 2, stations)
+    sweep = (-20.0, 0.0, 20.0, 0.0)  # heading offset towards +y from the facade normal
     views = []
-    for i, y in enumerate(np.linspace(site.walkable[1] + 1, site.walkable[3] - 1, num_db)):
-        xy = np.array([rng.uniform(-2.2, 2.2), y + rng.uniform(-0.5, 0.5)])
+    for i in range(num_db):
+        station, side = divmod(i, sides)
+        facing = -1.0 if side == 0 else 1.0  # -1: the facade at -x, 1: the facade at +x
+        offset = sweep[(station + 2 * side) % len(sweep)] + rng.uniform(-5, 5)
+        xy = np.array([-facing * rng.uniform(0.4, 2.2), ys[station] + rng.uniform(-0.4, 0.4)])
         while not site.is_free(xy):
-            xy = site.sample_free_xy(rng)
-        pose = street_pose(site, rng, headings[i % len(headings)] + rng.uniform(-8, 8), xy)
+            xy = np.array([-facing * rng.uniform(0.0, 2.6), ys[station] + rng.uniform(-1.5, 1.5)])
+        pose = street_pose(site, rng, facing * (90.0 - offset), xy)
         camera = PinholeCamera.from_hfov(*image_size, rng.uniform(56, 66))
         views.append((View(f"db/{1000 + i}.jpg", camera, pose, render(site.scene, camera, pose)),
                       colmap_camera(camera, "SIMPLE_RADIAL")))
@@ -229,10 +244,20 @@ def sample_query(site: Site, name: str, camera: PinholeCamera, database: list[Vi
     raise RuntimeError(f"no well-covered pose found for {name} after {max_tries} tries")
 
 
-def street_query_pose(site: Site, rng: np.random.Generator) -> np.ndarray:
-    """A hand-held query: along or across-ish the street, anywhere walkable, slight roll."""
-    heading = (0.0, 180.0, 40.0, -40.0, 140.0, -140.0)[rng.integers(6)] + rng.uniform(-15, 15)
-    return street_pose(site, rng, heading, roll_deg=rng.uniform(-2, 2))
+def street_query_pose(site: Site, database: list[View], rng: np.random.Generator) -> np.ndarray:
+    """A tourist's photo: a facade that the database photographs, taken from the other half of the
+    street (as far as the database images are) near one of the inner database images (the ends of
+    the sequence see little of the facade around them), within 30 degrees of facade-on, slight roll."""
+    centers = np.array([camera_center(v.cam_from_world) for v in database])
+    facings = np.sign([v.cam_from_world[2, 0] for v in database])  # x of the viewing direction
+    facing = rng.choice(np.unique(facings))
+    ys = np.sort(centers[facings == facing, 1])
+    inner = ys[1:-1] if len(ys) >= 3 else ys
+    for _ in range(1000):
+        xy = np.array([-facing * rng.uniform(0.0, 2.6), rng.choice(inner) + rng.uniform(-1.7, 1.7)])
+        if site.is_free(xy):
+            return street_pose(site, rng, facing * (90.0 + rng.uniform(-30, 30)), xy, roll_deg=rng.uniform(-2, 2))
+    raise RuntimeError("no free query position found near the database images")
 
 
 def aachen_queries(site: Site, database: list[View], num_queries: int, rng: np.random.Generator,
@@ -246,7 +271,7 @@ def aachen_queries(site: Site, database: list[View], num_queries: int, rng: np.r
         night = i >= num_queries - num_night
         name = f"query/night/nexus5x/night_{i:03d}.jpg" if night else f"query/day/milestone/day_{i:03d}.jpg"
         camera = PinholeCamera.from_hfov(*image_size, 66.0 if night else 58.0)
-        view, score = sample_query(site, name, camera, database, rng, lambda: street_query_pose(site, rng))
+        view, score = sample_query(site, name, camera, database, rng, lambda: street_query_pose(site, database, rng))
         write_jpeg(image_dir / name, apply_night(view.rendering.image, rng) if night else view.rendering.image)
         queries.append((view, colmap_camera(camera, "SIMPLE_RADIAL")))
         scores.append((name, score))
