@@ -688,7 +688,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "3 model flagged unreliable (see summary.json warnings).")
     parser.add_argument("--images", type=Path, help="image folder (recursive); default: the embedded sample "
                                                     f"scene, generated under {SAMPLE_SCENE_DIR}")
-    parser.add_argument("--output", type=Path, required=True, help="output folder")
+    parser.add_argument("--output", type=Path, help="output folder (default: outputs/<image folder name>)")
     parser.add_argument("--overwrite", action="store_true", help="remove this pipeline's files in OUT first")
     parser.add_argument("--ground-truth", type=Path, help="reference poses to compare with: ground_truth.txt "
                         "(name qw qx qy qz tx ty tz ...), Middlebury *_par.txt, or Bundler bundle.out")
@@ -730,7 +730,8 @@ def cli(argv: list[str] | None = None) -> int:
         logger.info("No --images: reconstructing the embedded sample scene in %s", image_dir)
     if args.ground_truth:
         ground_truth = read_ground_truth_file(args.ground_truth, list_images(image_dir))
-    summary = main(image_dir, args.output, config, args.overwrite, ground_truth=ground_truth)
+    output = args.output or Path("outputs") / Path(image_dir).resolve().name
+    summary = main(image_dir, output, config, args.overwrite, ground_truth=ground_truth)
     print("\n".join(summary.lines()))
     return EXIT_UNRELIABLE if summary.status == "unreliable" else 0
 
