@@ -18,6 +18,7 @@ from typing import Mapping
 import numpy as np
 import pycolmap
 
+from ..alignment import centre, rotation_error_deg
 from ..cli import run_cli
 from ..datasets.formats import read_poses
 
@@ -32,9 +33,7 @@ THRESHOLDS: dict[str, Thresholds] = {
 
 def pose_errors(estimate: pycolmap.Rigid3d, truth: pycolmap.Rigid3d) -> tuple[float, float]:
     """(position error in world units, rotation error in degrees) of two cam_from_world poses."""
-    position = float(np.linalg.norm(estimate.inverse().translation - truth.inverse().translation))
-    rotation = float(np.rad2deg(estimate.rotation.angle_to(truth.rotation)))
-    return position, rotation
+    return float(np.linalg.norm(centre(estimate) - centre(truth))), rotation_error_deg(estimate, truth)
 
 
 def evaluate(estimates: Mapping[str, pycolmap.Rigid3d | None], truth: Mapping[str, pycolmap.Rigid3d],
