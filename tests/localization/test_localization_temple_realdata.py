@@ -20,6 +20,7 @@ import pycolmap
 import pytest
 
 from d2_sfm import extract, localize, match, triangulate
+from d2_sfm.alignment import read_middlebury_par
 from d2_sfm.datasets.formats import rigid_from_matrix
 from d2_sfm.localization import covisibility, pose_from_model
 from d2_sfm.localization.estimation import PoseEstimationConfig
@@ -33,22 +34,13 @@ MAX_ROTATION_DEG = 2.0
 MAX_POSITION_FRACTION = 0.02  # of the camera-ring diameter
 
 
-def read_par(path):
-    """{name: (K 3x3, R 3x3, t 3)} of a Middlebury `*_par.txt` (projection K [R | t], world -> camera)."""
-    views = {}
-    for line in path.read_text().splitlines()[1:]:
-        fields = line.split()
-        if len(fields) == 22:
-            values = np.array(fields[1:], float)
-            views[fields[0]] = (values[:9].reshape(3, 3), values[9:18].reshape(3, 3), values[18:])
-    return views
-
-
 def upright_copy(source, target):
     """Copy the ring with upside-down views rotated by 180 degrees; returns the adjusted views."""
     latitude = {f[2]: float(f[0]) for f in (l.split() for l in (source / "templeSR_ang.txt").read_text().splitlines()) if f}
     views = {}
-    for name, (K, R, t) in read_par(source / "templeSR_par.txt").items():
+    poses, intrinsics = read_middlebury_par(source / "templeSR_par.txt")
+    for name, pose in poses.items():
+        K, R, t = intrinsics[name], pose.rotation.matrix(), pose.translation
         image = cv2.imread(str(source / name), cv2.IMREAD_COLOR)
         if latitude[name] > 0:
             image = cv2.rotate(image, cv2.ROTATE_180)
