@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pycolmap
 import pytest
-from test_colmap_db import synthetic_inputs
+from synthetic_colmap_scene import synthetic_inputs
 
 from d2_sfm import colmap_db, reconstruct
 from d2_sfm.alignment import align_and_compare, model_poses, relative_rotation_errors

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pycolmap
 import pytest
-from test_colmap_db import FOCAL, HEIGHT, WIDTH, synthetic_inputs
+from synthetic_colmap_scene import FOCAL, HEIGHT, WIDTH, synthetic_inputs
 
 from d2_sfm import triangulate
 from d2_sfm.triangulate import TriangulationConfig, TriangulationError
