@@ -26,7 +26,6 @@ image, as hloc; InLoc: the identity), and is listed as a failure, with the reaso
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import time
@@ -39,6 +38,7 @@ import h5py
 import numpy as np
 import pycolmap
 
+from .fingerprint import file_fingerprint, settings_fingerprint
 from . import extract, match, triangulate
 from .cli import add_extraction_arguments, extraction_config_from_args, run_cli
 from .datasets.aachen import MODEL_V1_1_DIR, NVM_FILE, AachenDataset
@@ -177,8 +177,8 @@ class AachenScene:
         """Covisible database pairs, their matches, and the triangulated model (skipped when a
         model made from the same features and settings is there)."""
         stamp = paths.sfm / STEP_STAMP
-        key = digest(str(self.dataset.root), self.dataset.version, self.db_names, config.num_covisible,
-                     asdict(config.matcher), h5_attributes(paths.features))
+        key = settings_fingerprint(str(self.dataset.root), self.dataset.version, self.db_names,
+                                   config.num_covisible, asdict(config.matcher), h5_attributes(paths.features))
         if stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
             logger.info("Triangulated model %s is up to date: skipped", paths.sfm)
             return
@@ -342,18 +342,10 @@ def write_retrieval(path: Path, retrieval: dict[str, list[str]]) -> Path:
 # The chain
 
 
-def digest(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def h5_attributes(path: Path) -> dict[str, str]:
     """The run attributes of a features file (weights, extraction settings)."""
     with h5py.File(path, "r") as f:
         return {k: str(v) for k, v in f.attrs.items()}
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def results_path(output: Path, preset: DatasetPreset, config: LocalizationConfig, pairs: Path | None,
@@ -432,7 +424,7 @@ def main(dataset: str, root: Path | None = None, output: Path | None = None, pai
 
     logger.info("[5/5] Pose estimation")
     settings = {"config": config.as_dict(), "weights": extractor.weights.sha256, "dataset": dataset,
-                "pairs": file_digest(paths.query_pairs), "sfm": file_digest(paths.sfm / STEP_STAMP)
+                "pairs": file_fingerprint(paths.query_pairs), "sfm": file_fingerprint(paths.sfm / STEP_STAMP)
                 if (paths.sfm / STEP_STAMP).exists() else None}
     with timer("localize"):
         log = QueryLog(paths.pose_log, settings)

@@ -27,7 +27,6 @@ Exit codes: 0 model built, 2 nothing could be built (message says why), 3 model 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import shutil
@@ -41,6 +40,7 @@ import pycolmap
 import torch
 from tqdm import tqdm
 
+from .fingerprint import file_fingerprint, settings_fingerprint
 from . import colmap_db, extract, match, pairs
 from .alignment import PoseErrors, align_and_compare, model_poses, read_ground_truth_file, relative_rotation_errors
 from .cli import add_extraction_arguments, extraction_config_from_args, run_cli
@@ -154,14 +154,6 @@ class OutputLayout:
 
 # ----------------------------------------------------------------------------------------------
 # Step bookkeeping
-
-
-def fingerprint(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def file_digest(path: Path | None) -> str | None:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if path and Path(path).is_file() else None
 
 
 class StepLog:
@@ -552,22 +544,28 @@ class Pipeline:
         if len(listed) < 2:
             raise ReconstructionError(too_few_images_message(self.image_dir, listed, [], {}))
         config = self.config
-        self.run_step("extract", fingerprint(config.weights, config.extraction.as_attributes(),
-                                             image_files_key(self.image_dir, listed)), self.extract, 1)
+        self.run_step("extract", settings_fingerprint(
+            config.weights, config.extraction.as_attributes(), image_files_key(self.image_dir, listed)),
+            self.extract, 1)
         failed = self.log.get("extract", "failed", {})
         available = set(list_h5_names(self.out.features))
         self.names = [n for n in listed if n in available]
         if len(self.names) < 2:
             raise ReconstructionError(too_few_images_message(self.image_dir, listed, self.names, failed))
-        self.run_step("pairs", fingerprint(self.keys["extract"], self.names, config.pairs.as_dict(),
-                                           file_digest(config.pairs_file)), self.make_pairs, 2)
-        self.run_step("match", fingerprint(self.keys["pairs"], file_digest(self.out.pairs), asdict(config.matcher)),
-                      self.match, 3)
-        self.run_step("database", fingerprint(self.keys["match"], config.camera.as_dict(),
-                                              file_digest(config.camera.intrinsics_file),
-                                              config.verification.as_dict()), self.database, 4)
-        self.run_step("map", fingerprint(self.keys["database"], config.mapper.as_dict(), config.reliability.as_dict(),
-                                         sorted(self.ground_truth) if self.ground_truth else None), self.map, 5)
+        self.run_step("pairs", settings_fingerprint(
+            self.keys["extract"], self.names, config.pairs.as_dict(), file_fingerprint(config.pairs_file)),
+            self.make_pairs, 2)
+        self.run_step("match", settings_fingerprint(
+            self.keys["pairs"], file_fingerprint(self.out.pairs), asdict(config.matcher)),
+            self.match, 3)
+        self.run_step("database", settings_fingerprint(
+            self.keys["match"], config.camera.as_dict(), file_fingerprint(config.camera.intrinsics_file),
+            config.verification.as_dict()),
+            self.database, 4)
+        self.run_step("map", settings_fingerprint(
+            self.keys["database"], config.mapper.as_dict(), config.reliability.as_dict(),
+            sorted(self.ground_truth) if self.ground_truth else None),
+            self.map, 5)
         return self.summarise(listed, failed)
 
     def summarise(self, listed: list[str], failed: dict[str, str]) -> ReconstructionSummary:

@@ -31,6 +31,7 @@ import numpy as np
 import pycolmap
 from tqdm import tqdm
 
+from .colmap_model import read_model
 from . import colmap_db
 from .cli import run_cli
 from .colmap_db import COLMAP_PIXEL_OFFSET, VerificationConfig
@@ -62,15 +63,6 @@ class TriangulationConfig:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
-
-
-def load_reference(reference: pycolmap.Reconstruction | Path) -> pycolmap.Reconstruction:
-    if isinstance(reference, pycolmap.Reconstruction):
-        return reference
-    path = Path(reference)
-    if not (path / "images.bin").is_file() and not (path / "images.txt").is_file():
-        raise TriangulationError(f"reference model {path} is not a COLMAP model folder (no images.bin / images.txt)")
-    return pycolmap.Reconstruction(str(path))
 
 
 def database_from_model(database: Path, reference: pycolmap.Reconstruction) -> dict[str, int]:
@@ -145,7 +137,7 @@ def main(reference: pycolmap.Reconstruction | Path, image_dir: Path, pairs: Path
     """Triangulate the matches of `pairs` with the fixed poses of `reference`; the model (with the
     reference's cameras and poses, D2 keypoints as points2D) is written to `output_dir`."""
     start = time.time()
-    reference = load_reference(reference)
+    reference = read_model(reference, TriangulationError)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     with_features = set(list_h5_names(features))

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import pycolmap
 
+from .colmap_model import read_model
 from .cli import run_cli
 from .errors import D2SfmError
 from .h5io import read_keypoints, read_matches
@@ -153,12 +154,6 @@ def save_pair_matches(image_dir: Path, features: Path, matches: Path, name0: str
     return output
 
 
-def load_model(path: Path) -> pycolmap.Reconstruction:
-    if not (Path(path) / "images.bin").is_file() and not (Path(path) / "images.txt").is_file():
-        raise VisualizationError(f"{path} is not a COLMAP model folder (no images.bin)")
-    return pycolmap.Reconstruction(str(path))
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m d2_sfm.visualize", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -179,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cli(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "overview":
-        save_overview(load_model(args.model), args.output, args.size)
+        save_overview(read_model(args.model, VisualizationError), args.output, args.size)
         logger.info("Wrote %s", args.output)
     else:
         save_pair_matches(args.images, args.features, args.matches, *args.pair, args.output, args.database)

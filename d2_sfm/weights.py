@@ -15,7 +15,6 @@ Every checkpoint is handled in the official layout, `{"model": state_dict}` with
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
 import tempfile
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 from .errors import D2SfmError
+from .fingerprint import file_sha256
 from .model import CONV_INDICES, STATE_DICT_PREFIX, D2Net
 
 logger = logging.getLogger(__name__)
@@ -63,14 +63,6 @@ class WeightsInfo:
 
 def cache_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / "d2-net"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def expected_shapes() -> dict[str, tuple[int, ...]]:

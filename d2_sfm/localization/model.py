@@ -10,17 +10,12 @@ import cv2  # noqa: F401  (pycolmap 4.2.1 must be imported after cv2, see the py
 import numpy as np
 import pycolmap
 
+from ..colmap_model import read_model
 from .estimation import LocalizationError
 
 
 def load_model(reference: Path | pycolmap.Reconstruction) -> pycolmap.Reconstruction:
-    if isinstance(reference, pycolmap.Reconstruction):
-        return reference
-    reference = Path(reference)
-    if not (reference / "images.bin").exists() and not (reference / "images.txt").exists():
-        raise LocalizationError(f"{reference} is not a COLMAP model folder "
-                                "(expected cameras/images/points3D .bin or .txt)")
-    return pycolmap.Reconstruction(reference)
+    return read_model(reference, LocalizationError)
 
 
 class ModelIndex:
