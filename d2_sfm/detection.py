@@ -23,14 +23,6 @@ NEIGHBOUR_OFFSETS = [(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1)]
 CHANNEL_CHUNK = 64
 
 
-@dataclass(frozen=True)
-class Candidates:
-    """Cells that are the maximum over channels and a 3x3 spatial maximum in that channel."""
-    channel: torch.Tensor  # (K,) long
-    i: torch.Tensor  # (K,) long
-    j: torch.Tensor  # (K,) long
-
-
 def channel_maxima(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Official test 1 on a (C, h, w) map: (channel, i, j) of every cell equal to the maximum over
     channels, in nonzero() order. Ties fire in every tied channel, as in the official code."""
@@ -58,23 +50,6 @@ def neighbourhoods(dense: torch.Tensor, channel: torch.Tensor, i: torch.Tensor, 
 def is_local_maximum(values: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
     """Official test 2 from (K, 9) neighbourhoods: centre >= all neighbours (outside: -inf)."""
     return values[:, 4] >= values.masked_fill(~inside, float("-inf")).max(dim=1).values
-
-
-def channel_and_local_maxima(dense: torch.Tensor) -> Candidates:
-    """Official tests 1 and 2 on a (C, h, w) map, in (channel, i, j) order like nonzero().
-
-    Ties across channels fire in every tied channel, as in the official code.
-    """
-    channel, i, j = channel_maxima(dense)
-    keep = is_local_maximum(*neighbourhoods(dense, channel, i, j))
-    return Candidates(channel[keep], i[keep], j[keep])
-
-
-def gather_neighbours(dense: torch.Tensor, channel: torch.Tensor, i: torch.Tensor, j: torch.Tensor,
-                      fill: float = 0.0) -> torch.Tensor:
-    """Values of the 3x3 neighbourhood of each (channel, i, j): (K, 9); outside the map -> fill."""
-    values, inside = neighbourhoods(dense, channel, i, j)
-    return values if fill == 0.0 else values.masked_fill_(~inside, fill)
 
 
 def derivatives(neighbours: torch.Tensor) -> dict[str, torch.Tensor]:

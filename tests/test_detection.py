@@ -1,8 +1,8 @@
 """Detection maths on hand-built feature maps."""
 import torch
 
-from d2_sfm.detection import (Detections, channel_and_local_maxima, derivatives, detect, gather_neighbours,
-                              hard_detection_dense, is_not_edge, keep_refined, newton_step,
+from d2_sfm.detection import (Detections, channel_maxima, derivatives, detect, hard_detection_dense,
+                              is_local_maximum, is_not_edge, keep_refined, neighbourhoods, newton_step,
                               sample_descriptors)
 
 
@@ -30,7 +30,7 @@ def test_peak_not_max_over_channels_is_rejected():
 def test_edge_is_rejected_but_blob_is_kept():
     dense = torch.zeros(1, 30, 30, dtype=torch.float64)
     dense[0] = gaussian_blob(30, 30, 15, 15, sigma_i=1.0, sigma_j=12.0)  # a ridge along j
-    neighbours = gather_neighbours(dense, torch.tensor([0]), torch.tensor([15]), torch.tensor([15]))
+    neighbours, _ = neighbourhoods(dense, torch.tensor([0]), torch.tensor([15]), torch.tensor([15]))
     assert not is_not_edge(derivatives(neighbours)).item()
     assert len(detect(dense).cell) == 0
     dense[0] = gaussian_blob(30, 30, 15, 15, sigma_i=2.0, sigma_j=2.5)
@@ -77,8 +77,9 @@ def test_candidates_equal_dense_reference_on_random_maps():
 def test_local_max_at_the_border_uses_minus_infinity_padding():
     dense = torch.zeros(1, 6, 6, dtype=torch.float64)
     dense[0, 0, 0] = 1.0  # corner peak: a local max, like max_pool2d with -inf padding
-    candidates = channel_and_local_maxima(dense)
-    assert [0, 0] in torch.stack([candidates.i, candidates.j], 1).tolist()
+    channel, i, j = channel_maxima(dense)
+    local_max = is_local_maximum(*neighbourhoods(dense, channel, i, j))
+    assert [0, 0] in torch.stack([i[local_max], j[local_max]], 1).tolist()
 
 
 def test_bilinear_descriptors_and_out_of_map_rule():
