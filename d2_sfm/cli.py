@@ -2,28 +2,87 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 from typing import Callable
 
 from .errors import D2SfmError
 from .extractor import ExtractionConfig
+from .paths import check_output_path  # noqa: F401  (re-exported for the command-line tools)
 
 logger = logging.getLogger("d2_sfm")
 
 
+EXIT_OK = 0
+EXIT_INTERNAL_ERROR = 1  # an uncaught exception (a bug): Python prints the traceback
+EXIT_BAD_INPUT = 2  # bad input, nothing could be done, or the system refused a read or write
+EXIT_UNRELIABLE = 3  # reconstruct: a model was built but failed the reliability checks
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+
 def run_cli(cli: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Configure logging, run `cli`, and turn user-facing errors into one line and exit code 2."""
+    """Configure logging, run `cli`, and turn user-facing errors into one line and an exit code.
+
+    Exit codes of every d2_sfm command: 0 success; 2 bad input (D2SfmError: a bad file, option or
+    dataset), nothing could be done, or an operating-system error that escaped (OSError: a
+    read-only output folder, a full disk, a permission, an HDF5 file h5py cannot open), each
+    reported as one line naming the path; 3 an unreliable reconstruction; 130 interrupted;
+    1 only for a bug (traceback). Set D2_SFM_DEBUG=1 to get tracebacks for OSErrors too.
+    """
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s %(levelname)s] %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
     try:
         return cli(argv)
     except D2SfmError as error:
         logger.error("%s", error)
-        return 2
+        return EXIT_BAD_INPUT
+    except OSError as error:
+        if os.environ.get("D2_SFM_DEBUG", "0") == "1":
+            raise
+        logger.debug("OSError details", exc_info=True)
+        logger.error("%s", os_error_line(error))
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         logger.error("Interrupted: finished steps and written items are kept; run again to resume")
-        return 130
+        return EXIT_INTERRUPTED
+
+
+def os_error_line(error: OSError) -> str:
+    """One line for an OSError: the path(s) and the reason, e.g. "out/f.h5: No space left on device
+    (free some space ...)". h5py's errors name no file: it is looked up in the traceback."""
+    reason = error.strerror or (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason += " (free some space or write elsewhere, then run again to resume)"
+    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        reason += " (check the folder's permissions, or write elsewhere)"
+    paths = [p for p in (error.filename, error.filename2) if p is not None]
+    hdf5 = None if paths else hdf5_file_name(error)
+    if hdf5 is not None:
+        return f"HDF5 file {hdf5}: {reason}"
+    where = " -> ".join(os.fsdecode(p) for p in paths)
+    return f"{where}: {reason}" if where else f"{type(error).__name__}: {reason}"
+
+
+def hdf5_file_name(error: BaseException) -> str | None:
+    """The file h5py was opening when it raised (its messages do not name it), found in the
+    traceback's h5py frames; None when the error did not come from opening an HDF5 file."""
+    name = None
+    traceback = error.__traceback__
+    while traceback is not None:
+        frame = traceback.tb_frame
+        if "h5py" in frame.f_code.co_filename:
+            candidate = frame.f_locals.get("name") if frame.f_code.co_filename.endswith("files.py") else None
+            if isinstance(candidate, (str, bytes, os.PathLike)):  # File(name) / make_fid(name)
+                name = os.fsdecode(candidate)
+            else:  # a dataset or group method: self.file is the open file
+                try:
+                    name = str(frame.f_locals["self"].file.filename)
+                except Exception:  # noqa: BLE001  (best effort: closed file, no self)
+                    pass
+        traceback = traceback.tb_next
+    return name
 
 
 def add_extraction_arguments(parser: argparse.ArgumentParser) -> None:

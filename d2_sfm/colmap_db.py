@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -41,6 +40,8 @@ import pycolmap
 from .cli import run_cli
 from .errors import D2SfmError
 from .h5io import H5FormatError, find_pair
+from .atomic import atomic_path, write_json
+from .locking import output_lock
 from .match import read_pairs, unique_pairs
 from .paths import resolve_inside, safe_relative_name
 
@@ -429,12 +430,25 @@ def main(database: Path, image_dir: Path, pairs: Path, features: Path, matches: 
         raise DatabaseError(f"{features} has features of {len(names)} image(s); at least 2 are needed")
     pair_list = usable_pairs(pairs, sizes)
     choices = choose_cameras(image_dir, names, sizes, camera)
-    partial = database.with_name(database.name + ".partial")
-    partial.unlink(missing_ok=True)
     database.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(database):
+        image_ids, known, stats, timings = build_database(database, features, matches, names, pair_list, choices,
+                                                          verification, num_threads)
+    summary = DatabaseSummary(database, image_ids, {n: c.source for n, c in choices.items()}, stats,
+                              known, timings)
+    write_pair_stats(pair_stats_path(database), stats)
+    summary.log()
+    return summary
+
+
+def build_database(database: Path, features: Path, matches: Path, names: list[str],
+                   pair_list: list[tuple[str, str]], choices: dict[str, CameraChoice],
+                   verification: VerificationConfig, num_threads: int
+                   ) -> tuple[dict[str, int], list[int], list[PairStats], dict[str, float]]:
+    """Write and verify the database through `<database>.partial`, replaced atomically at the end."""
     timings = {}
     start = time.time()
-    try:
+    with atomic_path(database) as partial:
         with pycolmap.Database.open(str(partial)) as db:
             image_ids, known = write_cameras_and_images(db, choices)
             import_keypoints(db, features, image_ids)
@@ -446,14 +460,7 @@ def main(database: Path, image_dir: Path, pairs: Path, features: Path, matches: 
         with pycolmap.Database.open(str(partial)) as db:
             reject_weak_pairs(db, stats, image_ids, verification)
         timings["verify"] = time.time() - start
-        os.replace(partial, database)
-    finally:
-        partial.unlink(missing_ok=True)
-    summary = DatabaseSummary(database, image_ids, {n: c.source for n, c in choices.items()}, stats,
-                              known, timings)
-    write_pair_stats(pair_stats_path(database), stats)
-    summary.log()
-    return summary
+    return image_ids, known, stats, timings
 
 
 def pair_stats_path(database: Path) -> Path:
@@ -461,7 +468,7 @@ def pair_stats_path(database: Path) -> Path:
 
 
 def write_pair_stats(path: Path, stats: list[PairStats]) -> None:
-    path.write_text(json.dumps([s.as_dict() for s in stats], indent=1))
+    write_json(path, [s.as_dict() for s in stats])
 
 
 def read_pair_stats(path: Path) -> list[PairStats]:

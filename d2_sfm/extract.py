@@ -11,14 +11,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 from tqdm import tqdm
 
 from .cli import add_extraction_arguments, extraction_config_from_args, run_cli
-from .extractor import D2Extractor, ExtractionConfig
-from .h5io import H5FormatError, atomic_h5, existing_names, write_features
-from .images import ImageError, list_images
-from .paths import resolve_inside, safe_relative_name
+from .extractor import D2Extractor, ExtractionConfig, Features
+from .fingerprint import FileStamp
+from .h5io import (FEATURE_ID, H5_SUFFIXES, H5FormatError, atomic_h5, current_file, feature_records, file_attributes,
+                   prune_incomplete, remove_h5_output, up_to_date, write_features)
+from .images import ImageError, list_images_report
+from .locking import output_lock
+from .paths import check_output_path, check_pair_key_collisions, name_problem, resolve_inside, safe_relative_name
+from .textfiles import read_text_lines
+
+DESCRIPTOR_DIM = 512
+# Zero padding gives the dense map responses near the border even on a uniform image: measured on
+# uniform grey, black and white images, 8-15 keypoints, all within 35 px of the border. An image
+# whose keypoints all lie in that band has no texture of its own.
+PADDING_BAND = 40.0  # px
 
 logger = logging.getLogger(__name__)
 
@@ -28,80 +37,151 @@ class ExtractionSummary:
     output: Path
     extracted: list[str] = field(default_factory=list)
     skipped_existing: list[str] = field(default_factory=list)
+    redone: list[str] = field(default_factory=list)  # extracted again: the image changed, or the item was cut
     failed: dict[str, str] = field(default_factory=dict)  # name -> reason
+    warnings: dict[str, str] = field(default_factory=dict)  # name -> why its features are suspect
     seconds: float = 0.0
 
     def log(self) -> None:
-        logger.info("Features in %s: %d extracted, %d already present, %d failed (%.1f s)",
-                    self.output, len(self.extracted), len(self.skipped_existing), len(self.failed),
-                    self.seconds)
+        logger.info("Features in %s: %d extracted (%d of them redone), %d up to date, %d failed, %d with "
+                    "warnings (%.1f s)", self.output, len(self.extracted), len(self.redone),
+                    len(self.skipped_existing), len(self.failed), len(self.warnings), self.seconds)
         for name, reason in self.failed.items():
             logger.warning("Skipped %s: %s", name, reason)
+        for name, reason in self.warnings.items():
+            logger.warning("Suspect features of %s: %s", name, reason)
 
 
 def read_image_list(path: Path) -> list[str]:
-    """Image names, one per line (blank lines and '#' comments ignored), relative to the image folder."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as error:
-        raise ImageError(f"cannot read image list {path}: {error.strerror or error}") from error
-    names = [safe_relative_name(line.strip(), f"{path}:{number}")
-             for number, line in enumerate(lines, 1) if line.strip() and not line.startswith("#")]
+    """Image names, one per line (blank lines and '#' comments ignored), relative to the image folder.
+    A name that could not be written to pairs or HDF5 files unchanged is refused with its line."""
+    names = []
+    for number, line in read_text_lines(path, "image list"):
+        where = f"{path}:{number}"
+        name = safe_relative_name(line, where)
+        problem = name_problem(name)
+        if problem:
+            raise ImageError(f"{where}: image name {name!r} cannot be used: {problem}")
+        names.append(name)
     if not names:
         raise ImageError(f"image list {path} names no images")
+    check_pair_key_collisions(names, str(path))
     return names
 
 
+def listed_images(image_dir: Path, summary: ExtractionSummary) -> list[str]:
+    """Every usable image below `image_dir`; files skipped by the listing count as failed."""
+    listing = list_images_report(image_dir)
+    listing.log()
+    summary.failed.update({name: f"not listed: {reason}" for name, reason in listing.skipped.items()})
+    return listing.names
+
+
 def check_settings(output: Path, extractor: D2Extractor) -> None:
-    """Refuse to append features made with other weights or settings to an existing file."""
+    """Refuse to append to features made with other weights or settings, or by another tool."""
+    stored = file_attributes(output)
+    if not stored and not feature_records(output):
+        return
     wanted = run_attributes(extractor)
-    for candidate in (output.with_name(output.name + ".partial"), output):
-        if candidate.exists():
-            with h5py.File(candidate, "r") as f:
-                stored = {k: f.attrs[k] for k in wanted if k in f.attrs}
-            different = [f"{k}={stored[k]} (now {wanted[k]})" for k in stored if str(stored[k]) != str(wanted[k])]
-            if different:
-                raise H5FormatError(f"{candidate} was made with other settings: {', '.join(different)}; "
-                                    "use another --output, --overwrite, or the same settings")
-            return
+    source = current_file(output)
+    if "weights" not in stored:
+        raise H5FormatError(f"{source} holds features not made by d2_sfm (no weights or settings recorded); "
+                            "use another --output, or --overwrite to replace it")
+    different = [f"{k}={stored.get(k)} (now {wanted[k]})" for k in wanted if str(stored.get(k)) != str(wanted[k])]
+    if different:
+        raise H5FormatError(f"{source} was made with other settings: {', '.join(different)}; "
+                            "use another --output, --overwrite, or the same settings")
 
 
 def run_attributes(extractor: D2Extractor) -> dict[str, object]:
     return {"weights": extractor.weights.name, "weights_sha256": extractor.weights.sha256,
+            "descriptor_dim": DESCRIPTOR_DIM,
             **{f"config.{k}": v for k, v in extractor.config.as_attributes().items()}}
+
+
+def plan(names: list[str], image_dir: Path, output: Path) -> tuple[list[str], list[str], list[str]]:
+    """Split `names` into (up to date, to extract, redone): an item is redone when it is incomplete
+    or its image's content changed since it was extracted."""
+    records = feature_records(output)
+    done, todo, redone = [], [], []
+    for name in names:
+        if up_to_date(records.get(name), resolve_inside(image_dir, name)):
+            done.append(name)
+            continue
+        todo.append(name)
+        if name in records:
+            redone.append(name)
+    if redone:
+        logger.info("Extracting %d image(s) again: changed since they were extracted, or cut by an "
+                    "interrupted run (%s%s)", len(redone), ", ".join(redone[:5]), ", ..." if len(redone) > 5 else "")
+    return done, todo, redone
+
+
+def feature_warning(features: Features, margin: float = PADDING_BAND) -> str | None:
+    """Features that exist but are suspect: none at all, or only along the image border."""
+    if len(features) == 0:
+        return "no keypoints (blank or textureless image?)"
+    width, height = features.image_size
+    if min(width, height) <= 4 * margin:  # too small to tell the border band from the inside
+        return None
+    x, y = features.keypoints[:, 0], features.keypoints[:, 1]
+    inside = (x >= margin) & (y >= margin) & (x <= width - 1 - margin) & (y <= height - 1 - margin)
+    if not inside.any():
+        return f"all {len(features)} keypoints lie within {margin:.0f} px of the border (textureless image?)"
+    return None
 
 
 def main(image_dir: Path, output: Path, image_list: list[str] | None = None,
          weights: str | None = None, config: ExtractionConfig = ExtractionConfig(),
          half_descriptors: bool = False, overwrite: bool = False, device: str = "cpu",
          extractor: D2Extractor | None = None) -> ExtractionSummary:
-    """Extract features of `image_list` (default: every image below image_dir) into `output`."""
+    """Extract features of `image_list` (default: every image below image_dir) into `output`.
+
+    Resumable: images whose features are up to date are skipped, changed images are redone.
+    Inputs (names, weights, output path) are validated before anything is deleted or computed.
+    """
     output = Path(output)
-    names = [safe_relative_name(n) for n in image_list] if image_list else list_images(image_dir)
-    if overwrite:
-        for stale in (output, output.with_name(output.name + ".partial")):
-            stale.unlink(missing_ok=True)
-    extractor = extractor or D2Extractor(weights, config, device)
-    check_settings(output, extractor)
+    check_output_path(output, H5_SUFFIXES, "features file")
     summary = ExtractionSummary(output)
-    done = existing_names(output)
-    summary.skipped_existing = [n for n in names if n in done]
-    todo = [n for n in names if n not in done]
+    names = [safe_relative_name(n) for n in image_list] if image_list else listed_images(image_dir, summary)
+    check_pair_key_collisions(names, str(image_dir))
+    extractor = extractor or D2Extractor(weights, config, device)
     start = time.time()
-    with atomic_h5(output) as handle:
-        handle.attrs.update(run_attributes(extractor))
-        for name in tqdm(todo, desc="extract", unit="img", disable=not todo):
-            try:
-                features = extractor.extract_path(resolve_inside(image_dir, name))
-            except ImageError as error:
-                summary.failed[name] = str(error)
-                continue
-            write_features(handle, name, features.keypoints, features.descriptors, features.scores,
-                           features.image_size, half_descriptors=half_descriptors)
-            summary.extracted.append(name)
+    with output_lock(output):
+        if overwrite:
+            remove_h5_output(output)
+        check_settings(output, extractor)
+        summary.skipped_existing, todo, summary.redone = plan(names, image_dir, output)
+        if todo:
+            with atomic_h5(output) as handle:
+                handle.attrs.update(run_attributes(extractor))
+                for name in tqdm(todo, desc="extract", unit="img"):
+                    extract_one(extractor, image_dir, name, handle, summary, half_descriptors)
+                prune_incomplete(handle, FEATURE_ID, "keypoints")
     summary.seconds = time.time() - start
     summary.log()
     return summary
+
+
+def extract_one(extractor: D2Extractor, image_dir: Path, name: str, handle, summary: ExtractionSummary,
+                half_descriptors: bool) -> None:
+    """Extract and write one image, recording a failure or a warning in the summary."""
+    path = resolve_inside(image_dir, name)
+    try:
+        stamp = FileStamp.of(path)  # before reading: an image edited meanwhile is redone next time
+        features = extractor.extract_path(path)
+    except ImageError as error:
+        summary.failed[name] = str(error)
+        return
+    except OSError as error:
+        summary.failed[name] = f"cannot read image {path}: {error.strerror or error}"
+        return
+    write_features(handle, name, features.keypoints, features.descriptors, features.scores,
+                   features.image_size, half_descriptors=half_descriptors, source=stamp.to_text())
+    summary.extracted.append(name)
+    warnings = list(features.read_warnings) + [w for w in [feature_warning(features)] if w]
+    if warnings:
+        summary.warnings[name] = "; ".join(warnings)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,8 +201,8 @@ def cli(argv: list[str] | None = None) -> int:
     summary = main(args.images, args.output, image_list, args.weights, extraction_config_from_args(args),
                    args.half_descriptors, args.overwrite, args.device)
     if not summary.extracted and not summary.skipped_existing:
-        logger.error("No image could be read: nothing extracted")
-        return 1
+        logger.error("No image could be read: nothing extracted into %s", args.output)
+        return 2
     return 0
 
 

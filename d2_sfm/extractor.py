@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .detection import EDGE_THRESHOLD
-from .images import ResizedImage, read_image, resize, resized_size
+from .images import ResizedImage, read_image_checked, resize, resized_size
 from .model import Preprocessing, preprocess
 from .pyramid import Keypoints, extract_keypoints
 from .tiling import DenseNetwork
@@ -58,6 +58,7 @@ class Features:
     descriptors: np.ndarray  # (N, 512) float32, unit L2 norm
     scales: np.ndarray  # (N,) float32, 1 / pyramid scale
     image_size: tuple[int, int]  # (W, H) of the original image
+    read_warnings: tuple[str, ...] = ()  # the decoder's corrupt-data warnings (half-garbage JPEG, ...)
 
     def __len__(self) -> int:
         return len(self.keypoints)
@@ -107,4 +108,6 @@ class D2Extractor:
         )
 
     def extract_path(self, path: Path) -> Features:
-        return self.extract_array(read_image(path))
+        """Features of an image file; the decoder's warnings travel with them."""
+        image, warnings = read_image_checked(path)
+        return dataclasses.replace(self.extract_array(image), read_warnings=tuple(warnings))

@@ -7,16 +7,27 @@ Matches (one group per pair, named by `names_to_pair`):
   matches0 (N0,) int32, -1 = unmatched (hloc writes int16, which overflows past 32767 keypoints);
   matching_scores0 (N0,) float16.
 
-Writes go to `<file>.partial` (a copy of the existing file, appended to and flushed after each
-item); the real file is replaced atomically only when the run ends or is interrupted with Ctrl-C.
-A later run resumes from a readable `.partial`, so killed runs lose at most the item in flight.
+Every item records what it was computed from, as attributes written last (so an item without them
+is incomplete, e.g. cut by a kill, and is redone):
+  features: `source` (the image's FileStamp: size, mtime, content hash) and `feature_id` (a hash of
+  the keypoints and descriptors); file attributes: weights and extraction settings.
+  matches: `matcher` (settings fingerprint) and `features` (the two images' feature_ids).
+A resume redoes exactly the items whose record no longer fits their inputs.
+
+Writes take d2_sfm's own lock on the output (`locking.output_lock`) and go to `<file>.partial`
+(a copy of the existing file, made only when there is something to write, appended to and flushed
+after each item); the real file is replaced atomically only when the run ends or is interrupted
+with Ctrl-C. A later run resumes from a readable `.partial`; an unreadable one (cut by a kill) is
+discarded with a warning. Killed runs lose at most the item in flight.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -24,8 +35,14 @@ import h5py
 import numpy as np
 
 from .errors import D2SfmError
+from .atomic import partial_path
+from .fingerprint import FileStamp
+from .locking import output_lock
 
 logger = logging.getLogger(__name__)
+
+
+H5_SUFFIXES = (".h5", ".hdf5")  # accepted for features and matches outputs
 
 
 class H5FormatError(D2SfmError, ValueError):
@@ -41,6 +58,24 @@ def names_to_pair_old(name0: str, name1: str) -> str:
     return names_to_pair(name0, name1, separator="_")
 
 
+def open_h5(path: Path, what: str = "HDF5 file") -> h5py.File:
+    """Open `path` read-only; a missing, truncated or non-HDF5 file is one H5FormatError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise H5FormatError(f"{what} {path} does not exist" if not path.exists() else f"{what} {path} is not a file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:  # h5py: "file signature not found", "truncated file", ...
+        raise H5FormatError(f"{what} {path} is not a readable HDF5 file ({error_reason(error)}); "
+                            "is it truncated, or another format?") from None
+
+
+def error_reason(error: BaseException) -> str:
+    """h5py's long messages cut to their informative part, on one line."""
+    text = " ".join(str(error).split())
+    return text.split("(", 1)[0].strip() or type(error).__name__
+
+
 def list_h5_names(path: Path) -> list[str]:
     """Names of all groups that hold datasets (image names, or pair keys in a matches file)."""
     names: set[str] = set()
@@ -49,7 +84,7 @@ def list_h5_names(path: Path) -> list[str]:
         if isinstance(obj, h5py.Dataset):
             names.add(name.rsplit("/", 1)[0])
 
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         f.visititems(visit)
     return sorted(names)
 
@@ -60,7 +95,7 @@ def _opened(source: Path | h5py.File) -> Iterator[h5py.File]:
     if isinstance(source, h5py.File):
         yield source
     else:
-        with h5py.File(source, "r") as f:
+        with open_h5(source) as f:
             yield f
 
 
@@ -73,67 +108,192 @@ def _is_readable(path: Path) -> bool:
         return False
 
 
+def discard_unreadable_partial(path: Path) -> None:
+    """A `.partial` cut by a kill mid-write is removed with a warning (its items are redone)."""
+    partial = partial_path(path)
+    if partial.exists() and not _is_readable(partial):
+        logger.warning("Discarding %s: left unreadable by an interrupted run; its items are redone", partial)
+        partial.unlink()
+
+
+def current_file(path: Path) -> Path | None:
+    """The file a resume continues from: a readable `.partial`, else `path`, else None."""
+    discard_unreadable_partial(path)
+    for candidate in (partial_path(path), Path(path)):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def remove_h5_output(path: Path) -> None:
+    """Delete an output and its `.partial` (for --overwrite, after the inputs were validated)."""
+    for stale in (Path(path), partial_path(path)):
+        stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
-def atomic_h5(path: Path) -> Iterator[h5py.File]:
+def atomic_h5(path: Path, fresh: bool = False) -> Iterator[h5py.File]:
     """Open `path` for appending through `<path>.partial`; replace `path` atomically at the end.
 
+    `fresh`: start from an empty file instead of the existing items (they are all being redone).
     On an exception other than KeyboardInterrupt the partial file is kept for resuming but the
-    original stays untouched; on Ctrl-C the progress so far is committed.
+    original stays untouched; on Ctrl-C the progress so far is committed. Holds the output's lock.
     """
     path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    if partial.exists() and not _is_readable(partial):
-        logger.warning("Discarding unreadable partial file %s", partial)
-        partial.unlink()
-    if not partial.exists():
-        if path.exists():
-            if not _is_readable(path):
-                raise H5FormatError(f"{path} is not a readable HDF5 file; remove it or use another output")
-            shutil.copyfile(path, partial)
-        path.parent.mkdir(parents=True, exist_ok=True)
-    committed = False
-    # Default libver: "latest" marks files as open-for-write, making a killed run's file unreadable.
-    handle = h5py.File(partial, "a")
-    try:
-        yield handle
-        committed = True
-    except KeyboardInterrupt:
-        committed = True
-        raise
-    finally:
-        handle.close()
-        if committed:
-            os.replace(partial, path)
+    partial = partial_path(path)
+    with output_lock(path):
+        if fresh:
+            partial.unlink(missing_ok=True)
+        discard_unreadable_partial(path)
+        if not partial.exists():
+            if path.exists() and not fresh:
+                if not _is_readable(path):
+                    raise H5FormatError(f"{path} is not a readable HDF5 file; remove it or use another output")
+                shutil.copyfile(path, partial)
+            path.parent.mkdir(parents=True, exist_ok=True)
+        committed = False
+        # Default libver: "latest" marks files as open-for-write, making a killed run's file unreadable.
+        handle = h5py.File(partial, "a")
+        try:
+            yield handle
+            committed = True
+        except KeyboardInterrupt:
+            committed = True
+            raise
+        finally:
+            handle.close()
+            if committed:
+                os.replace(partial, path)
 
 
 def existing_names(path: Path) -> set[str]:
     """Names already present in `path` or in its resumable `.partial` file."""
-    partial = Path(path).with_name(Path(path).name + ".partial")
-    for candidate in (partial, Path(path)):
-        if candidate.exists() and _is_readable(candidate):
-            return set(list_h5_names(candidate))
-    return set()
+    current = current_file(path)
+    return set(list_h5_names(current)) if current else set()
+
+
+# ----------------------------------------------------------------------------------------------
+# What each item was computed from
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    """The provenance attributes of one stored item (None: not recorded, the item is incomplete)."""
+    source: str | None  # features: FileStamp text of the image
+    identity: str | None  # features: feature_id; matches: "id0:id1"
+    settings: str | None = None  # matches: matcher fingerprint
+
+
+FEATURE_ID, SOURCE, MATCHER, PAIR_FEATURES = "feature_id", "source", "matcher", "features"
+
+
+def feature_id(keypoints: np.ndarray, descriptors: np.ndarray) -> str:
+    """16 hex digits identifying one image's features (matches made from them record it)."""
+    digest = hashlib.blake2b(digest_size=8)
+    for array in (keypoints, descriptors):
+        array = np.ascontiguousarray(array)
+        digest.update(str(array.shape).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def stored_feature_id(handle: h5py.File, name: str) -> str:
+    """The recorded feature_id of an image, computed from the data for files of other tools."""
+    group = handle[name]
+    if FEATURE_ID in group.attrs:
+        return str(group.attrs[FEATURE_ID])
+    return feature_id(group["keypoints"][()], group["descriptors"][()])
+
+
+def feature_records(path: Path, dataset: str = "keypoints") -> dict[str, ItemRecord]:
+    """Image name -> record, for every image (a group holding `dataset`) in the (resumable) file."""
+    records = {}
+    current = current_file(path)
+    if current is None:
+        return records
+    with open_h5(current, "features file") as f:
+        def visit(name: str, obj: object) -> None:
+            if isinstance(obj, h5py.Group) and dataset in obj:
+                records[name] = ItemRecord(_attr(obj, SOURCE), _attr(obj, FEATURE_ID))
+        f.visititems(visit)
+    return records
+
+
+def up_to_date(record: ItemRecord | None, image: Path) -> bool:
+    """Whether a stored item is complete and was computed from `image` as it is now."""
+    if record is None or not record.identity or not record.source:
+        return False
+    stamp = FileStamp.from_text(record.source)
+    return stamp is not None and stamp.matches(image)
+
+
+def match_records(path: Path) -> dict[str, ItemRecord]:
+    """Pair key -> record, for every pair in the (resumable) matches file."""
+    records = {}
+    current = current_file(path)
+    if current is None:
+        return records
+    with open_h5(current, "matches file") as f:
+        def visit(name: str, obj: object) -> None:
+            if isinstance(obj, h5py.Group) and "matches0" in obj:
+                records[name] = ItemRecord(None, _attr(obj, PAIR_FEATURES), _attr(obj, MATCHER))
+        f.visititems(visit)
+    return records
+
+
+def file_attributes(path: Path) -> dict[str, object]:
+    """The file-level attributes of the (resumable) output, {} when there is none yet."""
+    current = current_file(path)
+    if current is None:
+        return {}
+    with open_h5(current) as f:
+        return dict(f.attrs)
+
+
+def _attr(obj: h5py.Group, key: str) -> str | None:
+    return str(obj.attrs[key]) if key in obj.attrs else None
+
+
+def prune_incomplete(handle: h5py.File, marker: str, dataset: str) -> list[str]:
+    """Delete groups holding `dataset` but lacking the `marker` attribute (cut by a kill)."""
+    incomplete = []
+
+    def visit(name: str, obj: object) -> None:
+        if isinstance(obj, h5py.Group) and dataset in obj and marker not in obj.attrs:
+            incomplete.append(name)
+    handle.visititems(visit)
+    for name in incomplete:
+        del handle[name]
+    return incomplete
 
 
 def write_features(handle: h5py.File, name: str, keypoints: np.ndarray, descriptors: np.ndarray,
                    scores: np.ndarray, image_size: tuple[int, int], uncertainty: float = 1.0,
-                   half_descriptors: bool = False) -> None:
-    """Write one image's features. descriptors: (N, D) as extracted; stored (D, N) like hloc."""
+                   half_descriptors: bool = False, source: str | None = None) -> str:
+    """Write one image's features. descriptors: (N, D) as extracted; stored (D, N) like hloc.
+    `source`: the image's FileStamp text. Returns the feature_id, written last (= complete)."""
     if name in handle:
         del handle[name]
     group = handle.create_group(name)
-    kp = group.create_dataset("keypoints", data=np.asarray(keypoints, np.float32).reshape(-1, 2))
+    keypoints = np.asarray(keypoints, np.float32).reshape(-1, 2)
+    kp = group.create_dataset("keypoints", data=keypoints)
     kp.attrs["uncertainty"] = float(uncertainty)
     desc_type = np.float16 if half_descriptors else np.float32
-    group.create_dataset("descriptors", data=np.asarray(descriptors, desc_type).T)
+    stored = np.asarray(descriptors, desc_type).T
+    group.create_dataset("descriptors", data=stored)
     group.create_dataset("scores", data=np.asarray(scores, np.float32))
     group.create_dataset("image_size", data=np.asarray(image_size, np.int64))
+    if source is not None:
+        group.attrs[SOURCE] = source
+    identity = feature_id(keypoints, stored)
+    group.attrs[FEATURE_ID] = identity
     handle.flush()
+    return identity
 
 
 def read_features(path: Path, name: str) -> dict[str, np.ndarray]:
     """keypoints (N, 2), descriptors (N, D) float32, scores (N,), image_size (2,) of one image."""
-    with h5py.File(path, "r") as f:
+    with open_h5(path, "features file") as f:
         if name not in f:
             raise H5FormatError(f"{path} has no features for image {name!r}")
         group = f[name]
@@ -157,23 +317,39 @@ def read_keypoints(source: Path | h5py.File, name: str) -> np.ndarray:
 
 
 def write_matches(handle: h5py.File, name0: str, name1: str, matches0: np.ndarray,
-                  scores0: np.ndarray) -> None:
+                  scores0: np.ndarray, matcher: str | None = None, features: str | None = None) -> None:
+    """Write one pair. `matcher`: settings fingerprint; `features`: "id0:id1" of the features
+    matched; both written last (a pair without them is incomplete, or from another tool)."""
     key = names_to_pair(name0, name1)
     if key in handle:
         del handle[key]
     group = handle.create_group(key)
     group.create_dataset("matches0", data=np.asarray(matches0, np.int32))
     group.create_dataset("matching_scores0", data=np.asarray(scores0, np.float16))
+    if features is not None:
+        group.attrs[PAIR_FEATURES] = features
+    if matcher is not None:
+        group.attrs[MATCHER] = matcher
     handle.flush()
 
 
 def find_pair(handle: h5py.File, name0: str, name1: str) -> tuple[str, bool]:
-    """Key of the pair in either order and naming scheme, and whether it is stored reversed."""
-    for key, reverse in ((names_to_pair(name0, name1), False), (names_to_pair(name1, name0), True),
-                         (names_to_pair_old(name0, name1), False), (names_to_pair_old(name1, name0), True)):
-        if key in handle:
+    """Key of the pair in either order, and whether it is stored reversed. hloc's old flat keys
+    (`name0_name1`) are looked up only in files written entirely that way: they are ambiguous
+    (`a`+`b_c` and `a_b`+`c` share one), so a new-style file never falls back to them."""
+    keys = [(names_to_pair(name0, name1), False), (names_to_pair(name1, name0), True)]
+    if is_old_style(handle):
+        keys += [(names_to_pair_old(name0, name1), False), (names_to_pair_old(name1, name0), True)]
+    for key, reverse in keys:
+        if key in handle and isinstance(handle[key], h5py.Group) and "matches0" in handle[key]:
             return key, reverse
     raise H5FormatError(f"{handle.filename} has no matches for the pair ({name0}, {name1})")
+
+
+def is_old_style(handle: h5py.File) -> bool:
+    """Whether every top-level group of a matches file is a flat `name0_name1` pair."""
+    return len(handle) > 0 and all(isinstance(group, h5py.Group) and "matches0" in group
+                                   for group in handle.values())
 
 
 def read_matches(source: Path | h5py.File, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:

@@ -3,83 +3,516 @@
 Pixel convention everywhere in d2_sfm's HDF5 files: x right, y down, integer = pixel centre
 (the centre of the top-left pixel is (0, 0)), as in the official D2-Net and hloc. COLMAP puts the
 centre of the top-left pixel at (0.5, 0.5); the +0.5 is added only when writing to pycolmap.
+
+No image can crash, hang or exhaust memory: `list_images_report` skips (with a reason) names that
+cannot go into pairs files, dangling or looping links, FIFOs and unreadable folders; `read_image`
+reads the size from the header (JPEG, PNG, PNM, BMP, TIFF, WebP parsed here) and refuses images
+over `max_image_pixels()` before decoding; `read_image_checked` also returns the decoder's
+corrupt-data warnings (libjpeg decodes half-garbage JPEGs with only a line on stderr).
 """
 from __future__ import annotations
 
+import errno
 import logging
-from dataclasses import dataclass
+import os
+import re
+import stat
+import struct
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from .errors import D2SfmError
+from .paths import check_pair_key_collisions, control_character, name_problem
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".bmp", ".webp")
 
 
+MAX_IMAGE_PIXELS = 100_000_000
+"""Default limit on width x height (about 12k x 8k). Larger images are refused from their header,
+before decoding: an 8-bit RGB image costs 3 bytes per pixel decoded and more while being converted,
+and a tiny forged file can claim 50000 x 50000. Override with D2_SFM_MAX_IMAGE_PIXELS or the
+`max_pixels` argument of `read_image`."""
+MAX_PIXELS_ENV = "D2_SFM_MAX_IMAGE_PIXELS"
+MAX_BYTES_PER_PIXEL = 16  # no supported encoding stores more (float32 RGBA TIFF, uncompressed)
+
+
 class ImageError(D2SfmError, ValueError):
     """An image file that cannot be used; the message names the file and the problem."""
 
 
-def list_images(root: Path) -> list[str]:
-    """Image files below `root` (recursive), as sorted POSIX paths relative to it."""
+class ImageTooLargeError(ImageError):
+    """An image whose header claims more pixels than the limit; it is never decoded."""
+
+
+class ImageListingError(ImageError):
+    """An image folder that cannot be listed at all (missing, unreadable, no usable image)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Listing an image folder
+
+
+@dataclass
+class ImageListing:
+    """What `list_images_report` found: usable names, and files or folders skipped with a reason."""
+    root: Path
+    names: list[str]
+    skipped: dict[str, str] = field(default_factory=dict)  # relative path -> reason
+
+    def log(self) -> None:
+        for name, reason in self.skipped.items():
+            logger.warning("Skipped %s in %s: %s", name, self.root, reason)
+
+
+def list_images_report(root: Path) -> ImageListing:
+    """Image files below `root` (recursive), as sorted POSIX paths relative to it, plus what was
+    skipped and why. Raises ImageListingError if `root` is not a readable folder or nothing usable
+    is found, and NameCollisionError for names that collide in hloc's matches files.
+
+    Decisions (one odd file must not stop a run, but must not pass silently either):
+    - Files whose name cannot go into a pairs or HDF5 file unchanged (whitespace, control
+      characters, backslash, leading '#', not UTF-8; see `paths.name_problem`) are skipped.
+    - Symlinked image files are used when they resolve to a regular file; dangling or looping
+      links, and anything that is not a regular file (a FIFO named x.jpg would block), are skipped.
+    - Symlinked folders are followed, each real folder at most once: a link back to an ancestor
+      (a loop) or to a folder already listed under another name is skipped, so no image is listed
+      twice. Real folders are visited before symlinked ones at each level.
+    - Unreadable sub-folders are skipped (an unreadable root is an error).
+    """
     root = Path(root)
     if not root.is_dir():
-        raise ImageError(f"image folder {root} does not exist or is not a folder")
-    names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not names:
-        raise ImageError(f"image folder {root} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
-    return names
+        raise ImageListingError(f"image folder {root} does not exist or is not a folder")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise ImageListingError(f"image folder {root} is not readable")
+    listing = ImageListing(root, [])
+    seen: dict[tuple[int, int], str] = {}  # (device, inode) of each folder walked -> its name
+
+    def on_error(error: OSError) -> None:
+        listing.skipped[relative_name(root, error.filename or root) + "/"] = \
+            f"cannot read the folder: {error.strerror or error}"
+
+    for folder, dirnames, filenames in os.walk(root, onerror=on_error, followlinks=True):
+        here = relative_name(root, folder)
+        try:
+            info = os.stat(folder)
+        except OSError as error:
+            listing.skipped[here + "/"] = f"cannot read the folder: {error.strerror or error}"
+            dirnames.clear()
+            continue
+        key = (info.st_dev, info.st_ino)
+        if key in seen:
+            listing.skipped[here + "/"] = (f"symbolic link to a folder already listed as "
+                                           f"{seen[key] or '.'}/ (a loop or a duplicate), not followed")
+            dirnames.clear()
+            continue
+        seen[key] = "" if here == "." else here
+        dirnames.sort(key=lambda d: (os.path.islink(os.path.join(folder, d)), d))
+        for filename in sorted(filenames):
+            name = filename if here == "." else f"{here}/{filename}"
+            if os.path.splitext(filename)[1].lower() not in IMAGE_EXTENSIONS:
+                path = os.path.join(folder, filename)
+                if os.path.islink(path) and not os.path.exists(path):  # maybe a folder of images
+                    listing.skipped[printable(name)] = file_problem(path) or "dangling symbolic link"
+                continue
+            problem = file_problem(os.path.join(folder, filename)) or name_problem(name)
+            if problem:
+                listing.skipped[printable(name)] = problem
+            else:
+                listing.names.append(name)
+    listing.names.sort()
+    if not listing.names:
+        skipped = f" ({len(listing.skipped)} skipped: see the warnings above)" if listing.skipped else ""
+        listing.log()
+        raise ImageListingError(f"image folder {root} contains no images "
+                                f"({', '.join(IMAGE_EXTENSIONS)}){skipped}")
+    check_pair_key_collisions(listing.names, f"image folder {root}")
+    return listing
 
 
-SIGNATURES = {".jpg": b"\xff\xd8", ".jpeg": b"\xff\xd8", ".png": b"\x89PNG\r\n\x1a\n"}
-END_MARKERS = {".jpg": b"\xff\xd9", ".jpeg": b"\xff\xd9", ".png": b"IEND"}
+def list_images(root: Path) -> list[str]:
+    """The usable image names of `list_images_report`; logs one warning per skipped file."""
+    listing = list_images_report(root)
+    listing.log()
+    return listing.names
 
 
-def container_problem(data: bytes, suffix: str) -> str | None:
-    """Cheap checks OpenCV skips: a wrong signature, or a missing end marker (truncated file)."""
-    if suffix in SIGNATURES and not data.startswith(SIGNATURES[suffix]):
-        return f"is not a {suffix[1:].upper()} file (wrong signature)"
-    if suffix in END_MARKERS and END_MARKERS[suffix] not in data[-64:]:
-        return "is truncated (no end marker)"
+def relative_name(root: Path, path: os.PathLike | str) -> str:
+    return printable(Path(os.path.relpath(path, root)).as_posix())
+
+
+def printable(name: str) -> str:
+    """A name safe to print on one line: control characters and undecodable bytes escaped."""
+    if control_character(name) is None:
+        try:
+            name.encode("utf-8")
+            return name
+        except UnicodeEncodeError:
+            pass
+    return ascii(name)[1:-1]
+
+
+def file_problem(path: str) -> str | None:
+    """Why the directory entry `path` is not a usable image file (links followed), or None."""
+    try:
+        info = os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if os.path.islink(path):
+            return f"dangling symbolic link (to {printable(os.readlink(path))})"
+        return f"cannot read: {error.strerror or error}"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
     return None
 
 
-def read_image(path: Path, apply_exif_orientation: bool = False) -> np.ndarray:
-    """Read any supported image as RGB uint8 (H, W, 3); raises ImageError naming the file.
+# ---------------------------------------------------------------------------------------------
+# Headers: the image size, read before decoding
 
-    Greyscale is repeated to 3 channels, alpha is dropped, 16-bit is scaled to 8-bit.
-    EXIF orientation is ignored by default, like COLMAP and hloc, so that keypoints refer to the
-    stored pixel grid that COLMAP sees; set `apply_exif_orientation` to rotate first.
-    """
-    path = Path(path)
+
+@dataclass(frozen=True)
+class ImageHeader:
+    format: str  # JPEG, PNG, PNM, BMP, TIFF or WebP
+    width: int
+    height: int
+
+
+class HeaderProblem(ValueError):
+    """Internal: a recognised format whose header is malformed or cut short."""
+
+
+def max_image_pixels() -> int:
+    """The pixel limit: D2_SFM_MAX_IMAGE_PIXELS if set, else MAX_IMAGE_PIXELS."""
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip().replace("_", "")
+    if not text:
+        return MAX_IMAGE_PIXELS
+    if not text.isdigit() or int(text) <= 0:
+        raise ImageError(f"{MAX_PIXELS_ENV} must be a positive whole number of pixels, got {text!r}")
+    return int(text)
+
+
+def _u16(data: bytes, offset: int, order: str = ">") -> int:
+    if offset + 2 > len(data):
+        raise HeaderProblem("is truncated (ends inside its header)")
+    return struct.unpack_from(order + "H", data, offset)[0]
+
+
+def _u32(data: bytes, offset: int, order: str = ">") -> int:
+    if offset + 4 > len(data):
+        raise HeaderProblem("is truncated (ends inside its header)")
+    return struct.unpack_from(order + "I", data, offset)[0]
+
+
+JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def jpeg_header(data: bytes) -> ImageHeader:
+    """Walk the marker segments up to the first scan (SOS): the size is in the SOF segment, and a
+    complete file has an EOI marker after that scan (a trailer after EOI, as some phones write, is
+    fine; an EOI inside an EXIF thumbnail before the scan does not count)."""
+    pos, size = 2, None
+    while True:
+        if pos + 2 > len(data):
+            raise HeaderProblem("is truncated (ends inside its header)")
+        if data[pos] != 0xFF:
+            raise HeaderProblem(f"has a malformed header (no marker at byte {pos})")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # standalone markers
+            pos += 2
+            continue
+        if marker in (0xD8, 0xD9):
+            raise HeaderProblem("has a malformed header (no image data before the end marker)")
+        length = _u16(data, pos + 2)
+        if length < 2:
+            raise HeaderProblem(f"has a malformed header (segment length {length} at byte {pos})")
+        if marker in JPEG_SOF:
+            size = (_u16(data, pos + 7), _u16(data, pos + 5))
+        if marker == 0xDA:
+            break
+        pos += 2 + length
+    if size is None:
+        raise HeaderProblem("has a malformed header (no frame header before the image data)")
+    if data.find(b"\xff\xd9", pos) < 0:
+        raise HeaderProblem("is truncated (no end marker)")
+    return ImageHeader("JPEG", *size)
+
+
+def png_header(data: bytes) -> ImageHeader:
+    if data[12:16] != b"IHDR":
+        raise HeaderProblem("is truncated (ends inside its header)" if len(data) < 16
+                            else "has a malformed header (IHDR is not the first chunk)")
+    if b"IEND" not in data[-64:]:
+        raise HeaderProblem("is truncated (no end marker)")
+    return ImageHeader("PNG", _u32(data, 16), _u32(data, 20))
+
+
+def pnm_header(data: bytes) -> ImageHeader:
+    """PBM/PGM/PPM (P1..P6), PFM (PF, Pf) and PAM (P7): ASCII fields with '#' comments."""
+    head = data[:4096]
+    if head[:2] == b"P7":
+        fields = dict(line.split(None, 1) for line in head.split(b"\n")[1:]
+                      if len(line.split(None, 1)) == 2 and not line.startswith(b"#"))
+        try:
+            return ImageHeader("PNM", int(fields[b"WIDTH"]), int(fields[b"HEIGHT"]))
+        except (KeyError, ValueError):
+            raise HeaderProblem("has a malformed PAM header (WIDTH/HEIGHT)") from None
+    tokens = re.sub(rb"#[^\n]*", b" ", head[2:]).split()
+    if len(tokens) < 2 or not (tokens[0].isdigit() and tokens[1].isdigit()):
+        raise HeaderProblem("has a malformed header (width and height)")
+    return ImageHeader("PNM", int(tokens[0]), int(tokens[1]))
+
+
+def bmp_header(data: bytes) -> ImageHeader:
+    info_size = _u32(data, 14, "<")
+    if info_size == 12:  # OS/2 BITMAPCOREHEADER: unsigned 16-bit sizes
+        return ImageHeader("BMP", _u16(data, 18, "<"), _u16(data, 20, "<"))
+    if info_size < 16 or len(data) < 26:
+        raise HeaderProblem("is truncated (ends inside its header)" if len(data) < 26
+                            else "has a malformed header")
+    width, height = struct.unpack_from("<ii", data, 18)
+    return ImageHeader("BMP", width, abs(height))  # negative height: rows stored top-down
+
+
+def tiff_header(data: bytes) -> ImageHeader:
+    """Width and height (tags 256, 257) of the first image (IFD0), classic TIFF or BigTIFF."""
+    order = "<" if data[:2] == b"II" else ">"
+    big = _u16(data, 2, order) == 43
+    offset = struct.unpack_from(order + "Q", data, 8)[0] if big and len(data) >= 16 else _u32(data, 4, order)
+    count_size, entry_size = (8, 20) if big else (2, 12)
+    if offset + count_size > len(data):
+        raise HeaderProblem("is truncated or malformed (first image directory out of the file)")
+    count = struct.unpack_from(order + ("Q" if big else "H"), data, offset)[0]
+    values = {}
+    for index in range(min(count, 4096)):
+        entry = offset + count_size + index * entry_size
+        if entry + entry_size > len(data):
+            raise HeaderProblem("is truncated (ends inside its image directory)")
+        tag, kind = struct.unpack_from(order + "HH", data, entry)
+        if tag in (256, 257):
+            value_at = entry + (12 if big else 8)  # the value sits in the entry itself
+            if kind == 3:  # SHORT
+                values[tag] = _u16(data, value_at, order)
+            elif kind == 16 and value_at + 8 <= len(data):  # LONG8 (BigTIFF)
+                values[tag] = struct.unpack_from(order + "Q", data, value_at)[0]
+            else:  # LONG
+                values[tag] = _u32(data, value_at, order)
+    if 256 not in values or 257 not in values:
+        raise HeaderProblem("has a malformed header (no width or height tag)")
+    return ImageHeader("TIFF", values[256], values[257])
+
+
+def webp_header(data: bytes) -> ImageHeader:
+    chunk = data[12:16]
+    if chunk == b"VP8X":  # extended: 24-bit canvas width - 1 and height - 1
+        if len(data) < 30:
+            raise HeaderProblem("is truncated (ends inside its header)")
+        return ImageHeader("WebP", int.from_bytes(data[24:27], "little") + 1,
+                           int.from_bytes(data[27:30], "little") + 1)
+    if chunk == b"VP8L":  # lossless: 14-bit width - 1 and height - 1 after the 0x2f signature
+        if len(data) < 25 or data[20] != 0x2F:
+            raise HeaderProblem("has a malformed lossless WebP header")
+        bits = int.from_bytes(data[21:25], "little")
+        return ImageHeader("WebP", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
+    if chunk == b"VP8 ":  # lossy: a key frame's start code 9d 01 2a, then 14-bit sizes
+        if len(data) < 30 or data[23:26] != b"\x9d\x01\x2a":
+            raise HeaderProblem("has a malformed lossy WebP header")
+        return ImageHeader("WebP", _u16(data, 26, "<") & 0x3FFF, _u16(data, 28, "<") & 0x3FFF)
+    raise HeaderProblem("has a malformed WebP header (unknown first chunk)")
+
+
+def image_header(data: bytes) -> ImageHeader | None:
+    """Format and size from the first bytes, or None for a format not recognised. Raises
+    HeaderProblem for a recognised format whose header is malformed or cut short."""
+    if data.startswith(b"\xff\xd8"):
+        return jpeg_header(data)
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return png_header(data)
+    if data[:1] == b"P" and data[1:2] in b"1234567fF" and len(data) > 2 and data[2:3].isspace():
+        return pnm_header(data)
+    if data.startswith(b"BM"):
+        return bmp_header(data)
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return tiff_header(data)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return webp_header(data)
+    return None
+
+
+SIGNATURES = {".jpg": b"\xff\xd8", ".jpeg": b"\xff\xd8", ".png": b"\x89PNG\r\n\x1a\n"}
+
+
+def container_problem(data: bytes, suffix: str) -> str | None:
+    """Cheap checks OpenCV skips: a wrong signature, a malformed or cut-short header, or a missing
+    end marker (truncated file). None if the container looks sound."""
     try:
+        parse_container(data, suffix)
+    except HeaderProblem as problem:
+        return str(problem)
+    return None
+
+
+def parse_container(data: bytes, suffix: str) -> ImageHeader:
+    """The header of an image file's bytes; raises HeaderProblem saying what is wrong."""
+    if suffix in SIGNATURES and not data.startswith(SIGNATURES[suffix]):
+        raise HeaderProblem(f"is not a {suffix[1:].upper()} file (wrong signature)")
+    header = image_header(data)
+    if header is None:
+        raise HeaderProblem("is not a JPEG, PNG, PNM, BMP, TIFF or WebP file (unrecognised header)")
+    return header
+
+
+def check_header(path: Path, data: bytes, max_pixels: int) -> ImageHeader:
+    """The header of an image read into `data`; raises ImageError (ImageTooLargeError over the
+    limit) naming the file, so that a forged or huge image is refused without being decoded."""
+    try:
+        header = parse_container(data, path.suffix.lower())
+    except HeaderProblem as problem:
+        raise ImageError(f"image {path} {problem}") from None
+    if header.width <= 0 or header.height <= 0:
+        raise ImageError(f"image {path} claims an empty size {header.width} x {header.height}")
+    if header.width * header.height > max_pixels:
+        raise ImageTooLargeError(
+            f"image {path} claims {header.width} x {header.height} pixels, over the limit of "
+            f"{max_pixels} pixels (set {MAX_PIXELS_ENV} to allow larger images)")
+    return header
+
+
+def read_image_header(path: Path, max_pixels: int | None = None) -> ImageHeader:
+    """Format and size of an image file from its header only, checked like `read_image` does."""
+    path, max_pixels = Path(path), max_pixels or max_image_pixels()
+    return check_header(path, read_image_bytes(path, max_pixels), max_pixels)
+
+
+def read_image_bytes(path: Path, max_pixels: int) -> bytes:
+    """The file's bytes; refuses files no image within the pixel limit could need (bounds memory)."""
+    try:
+        size = path.stat().st_size
+        if not path.is_file():
+            raise ImageError(f"image {path} is not a regular file")
+        limit = max_pixels * MAX_BYTES_PER_PIXEL + (64 << 20)
+        if size > limit:
+            raise ImageTooLargeError(f"image {path} is {size} bytes, more than any image within the "
+                                     f"limit of {max_pixels} pixels needs (set {MAX_PIXELS_ENV})")
         data = path.read_bytes()
     except OSError as error:
         raise ImageError(f"cannot read image {path}: {error.strerror or error}") from error
     if not data:
         raise ImageError(f"image {path} is an empty file")
-    problem = container_problem(data, path.suffix.lower())
-    if problem:
-        raise ImageError(f"image {path} {problem}")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding, with the decoders' warnings captured
+
+# libjpeg prints these warnings (its JWRN_* messages) to stderr and still returns an image, part of
+# which may be grey or garbage. libpng prints "libpng warning: ..." lines; those about colour
+# profiles and text chunks are harmless and are passed through to stderr unchanged.
+DECODER_WARNING = re.compile(
+    r"^(Corrupt JPEG data|Premature end of JPEG file|Invalid SOS parameters|Inconsistent progression"
+    r"|Unknown Adobe color transform|Warning: unknown JFIF|Application transferred too many scanlines"
+    r"|libpng (warning|error): (?!(iCCP|sRGB|cHRM|gAMA|bKGD|pHYs|tIME|tEXt|zTXt|iTXt)\b))")
+_STDERR_LOCK = threading.Lock()
+
+
+def decode_capturing_warnings(data: bytes, flags: int) -> tuple[np.ndarray | None, list[str]]:
+    """cv2.imdecode with file descriptor 2 redirected to a temporary file, since libjpeg and libpng
+    write their warnings there directly (C stdio, invisible to Python). Lines that are decoder
+    warnings are returned; anything else written meanwhile (another thread's logging) is written
+    back to stderr. A lock serialises the redirection (and so the decoding) between threads; the
+    decode is a small part of an extraction, so the cost is small."""
+    buffer = np.frombuffer(data, np.uint8)
+    with _STDERR_LOCK:
+        try:
+            if sys.stderr is not None:
+                sys.stderr.flush()
+            sink = tempfile.TemporaryFile()
+        except (OSError, ValueError):  # no usable stderr or temp folder: decode without capturing
+            return cv2.imdecode(buffer, flags), []
+        with sink:
+            try:
+                saved = os.dup(2)
+            except OSError:  # file descriptor 2 is closed
+                return cv2.imdecode(buffer, flags), []
+            try:
+                os.dup2(sink.fileno(), 2)
+                try:
+                    image = cv2.imdecode(buffer, flags)
+                finally:
+                    os.dup2(saved, 2)
+            finally:
+                os.close(saved)
+            sink.seek(0)
+            captured = sink.read().decode("utf-8", "replace")
+    warnings = [line.strip() for line in captured.splitlines() if DECODER_WARNING.match(line.strip())]
+    others = "".join(line for line in captured.splitlines(keepends=True)
+                     if not DECODER_WARNING.match(line.strip()))
+    if others:
+        os.write(2, others.encode("utf-8", "replace"))
+    return image, warnings
+
+
+def read_image_checked(path: Path, apply_exif_orientation: bool = False, *,
+                       max_pixels: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """`read_image`, plus the decoder's warnings about corrupt data (e.g. "Corrupt JPEG data:
+    premature end of data segment") instead of logging them: an image is returned, but part of it
+    may be garbage, so callers count these (the extract summary does) rather than pass them silently.
+
+    Raises ImageError naming the file for unreadable, empty, truncated or undecodable files, and
+    ImageTooLargeError when the header claims more than `max_pixels` (default: max_image_pixels()).
+    """
+    path = Path(path)
+    max_pixels = max_pixels or max_image_pixels()
+    data = read_image_bytes(path, max_pixels)
+    header = check_header(path, data, max_pixels)
     # IMREAD_COLOR makes grey and RGBA 3-channel BGR; ANYDEPTH keeps 16-bit for exact scaling.
     flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_COLOR
     if not apply_exif_orientation:
         flags |= cv2.IMREAD_IGNORE_ORIENTATION
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    image, warnings = decode_capturing_warnings(data, flags)
+    del data
     if image is None or image.size == 0:
-        raise ImageError(f"image {path} is corrupt or not an image format OpenCV can decode")
-    return to_rgb_uint8(image, path)
+        detail = f" ({'; '.join(warnings)})" if warnings else ""
+        raise ImageError(f"image {path} is corrupt or not an image format OpenCV can decode{detail}")
+    if image.shape[0] * image.shape[1] > max_pixels:  # a header we misread; never seen, but bounded
+        raise ImageTooLargeError(f"image {path} decoded to {image.shape[1]} x {image.shape[0]} pixels "
+                                 f"(header: {header.width} x {header.height}), over the limit of "
+                                 f"{max_pixels} pixels")
+    return to_rgb_uint8(image, path), warnings
+
+
+def read_image(path: Path, apply_exif_orientation: bool = False, *,
+               max_pixels: int | None = None) -> np.ndarray:
+    """Read any supported image as RGB uint8 (H, W, 3); raises ImageError naming the file.
+
+    Greyscale is repeated to 3 channels, alpha is dropped, 16-bit is scaled to 8-bit.
+    EXIF orientation is ignored by default, like COLMAP and hloc, so that keypoints refer to the
+    stored pixel grid that COLMAP sees; set `apply_exif_orientation` to rotate first.
+    Images over `max_pixels` (default: D2_SFM_MAX_IMAGE_PIXELS or MAX_IMAGE_PIXELS) are refused
+    from their header with ImageTooLargeError. Decoder warnings about corrupt data are logged as
+    one warning naming the file; use `read_image_checked` to get them instead.
+    """
+    image, warnings = read_image_checked(path, apply_exif_orientation, max_pixels=max_pixels)
+    if warnings:
+        logger.warning("Image %s has corrupt data (decoded anyway, may be partly garbage): %s",
+                       path, "; ".join(warnings))
+    return image
 
 
 def to_rgb_uint8(image: np.ndarray, path: Path | str = "<array>") -> np.ndarray:
     """OpenCV-decoded array (grey, BGR, BGRA; uint8/uint16/float) -> RGB uint8 (H, W, 3)."""
-    if image.dtype == np.uint16:
-        image = (image / 257.0).round().astype(np.uint8)
+    if image.dtype == np.uint16:  # round(x / 257) without a float64 copy of a large image
+        image = cv2.convertScaleAbs(image, alpha=1 / 257)
     elif image.dtype in (np.float32, np.float64):
         image = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
     elif image.dtype != np.uint8:

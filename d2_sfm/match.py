@@ -12,15 +12,18 @@ from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from .cli import run_cli
 from .errors import D2SfmError
-from .h5io import H5FormatError, atomic_h5, has_pair, write_matches
+from .fingerprint import settings_fingerprint
+from .h5io import (H5_SUFFIXES, MATCHER, H5FormatError, atomic_h5, current_file, file_attributes, match_records,
+                   names_to_pair, open_h5, prune_incomplete, remove_h5_output, stored_feature_id, write_matches)
+from .locking import output_lock
 from .matching import MatcherConfig, match_descriptors
+from .paths import check_output_path
 from .datasets.formats import read_pairs  # noqa: F401  (re-exported: one pairs reader)
 
 logger = logging.getLogger(__name__)
@@ -43,46 +46,122 @@ def unique_pairs(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 class DescriptorCache:
-    """Reads descriptors once per image (pairs revisit images many times)."""
+    """Reads descriptors once per image (pairs revisit images many times), checking each."""
 
     def __init__(self, features: Path, device: torch.device, size: int = 64):
-        self.file = h5py.File(features, "r")
+        self.file = open_h5(features, "features file")
         self.device = device
         self.get = lru_cache(maxsize=size)(self._load)
 
     def _load(self, name: str) -> torch.Tensor:
-        if name not in self.file:
+        if name not in self.file or "descriptors" not in self.file[name]:
             raise H5FormatError(f"{self.file.filename} has no features for image {name!r}")
         descriptors = self.file[name]["descriptors"][()]  # (D, N)
+        if descriptors.ndim != 2 or not np.issubdtype(descriptors.dtype, np.floating):
+            raise H5FormatError(f"{self.file.filename}: descriptors of {name!r} are {descriptors.dtype} "
+                                f"{descriptors.shape}, expected a float (D, N) array")
+        if not np.isfinite(descriptors).all():
+            raise H5FormatError(f"{self.file.filename}: descriptors of {name!r} contain NaN or inf; "
+                                "extract that image again")
         return torch.from_numpy(descriptors.astype(np.float32).T.copy()).to(self.device)
+
+    def pair(self, name0: str, name1: str) -> tuple[torch.Tensor, torch.Tensor]:
+        desc0, desc1 = self.get(name0), self.get(name1)
+        if desc0.shape[1] != desc1.shape[1]:
+            raise H5FormatError(f"{self.file.filename} mixes descriptor dimensions: {name0!r} has "
+                                f"{desc0.shape[1]}, {name1!r} has {desc1.shape[1]}")
+        return desc0, desc1
+
+    def feature_id(self, name: str) -> str:
+        if name not in self.file or "keypoints" not in self.file[name]:
+            raise H5FormatError(f"{self.file.filename} has no features for image {name!r}")
+        return stored_feature_id(self.file, name)
 
     def close(self) -> None:
         self.file.close()
 
 
+def matcher_fingerprint(config: MatcherConfig) -> str:
+    """The settings that change matches (the chunk size does not)."""
+    return settings_fingerprint({k: v for k, v in dataclasses.asdict(config).items() if k != "chunk_size"})
+
+
+def plan(pairs: list[tuple[str, str]], output: Path, cache: DescriptorCache, matcher: str
+         ) -> tuple[list[tuple[str, str, str]], bool]:
+    """The pairs to (re)match, each with "id0:id1" of its features, and whether the whole output is
+    redone (other matcher settings). A stored pair is reused only if it was made by these settings
+    from exactly these features."""
+    stored = file_attributes(output)
+    records = match_records(output)
+    fresh = bool(records) and stored.get(MATCHER) != matcher
+    if fresh:
+        logger.info("%s was matched with other settings: matching all %d pairs again", output, len(pairs))
+    todo, changed = [], []
+    for name0, name1 in pairs:
+        features = f"{cache.feature_id(name0)}:{cache.feature_id(name1)}"
+        record = records.get(names_to_pair(name0, name1))
+        if fresh or record is None:
+            todo.append((name0, name1, features))
+        elif record.settings != matcher or record.identity != features:
+            todo.append((name0, name1, features))
+            changed.append(f"{name0} {name1}")
+    if changed:
+        logger.info("Matching %d pair(s) again: their features were extracted again, or the pair was cut by "
+                    "an interrupted run (%s%s)", len(changed), ", ".join(changed[:3]), ", ..." if len(changed) > 3 else "")
+    return todo, fresh
+
+
 def main(pairs: Path, features: Path, output: Path, config: MatcherConfig = MatcherConfig(),
          device: str = "cpu", overwrite: bool = False) -> Path:
-    """Match every pair of the pairs file (resumable: pairs already in `output` are skipped)."""
+    """Match every pair of the pairs file. Resumable: a pair already in `output` is kept only if it
+    was matched with the same settings from the same features; inputs are checked before anything
+    is deleted or computed."""
     output = Path(output)
-    if not Path(features).is_file():
-        raise H5FormatError(f"features file {features} does not exist")
-    if overwrite:
-        for stale in (output, output.with_name(output.name + ".partial")):
-            stale.unlink(missing_ok=True)
-    todo = unique_pairs(read_pairs(pairs))
+    check_output_path(output, H5_SUFFIXES, "matches file")
+    listed = unique_pairs(read_pairs(pairs))
+    matcher = matcher_fingerprint(config)
     cache = DescriptorCache(features, torch.device(device))
     try:
-        with atomic_h5(output) as handle:
-            handle.attrs.update({f"matcher.{k}": ("none" if v is None else v)
-                                 for k, v in dataclasses.asdict(config).items()})
-            todo = [p for p in todo if not has_pair(handle, *p)]
-            for name0, name1 in tqdm(todo, desc="match", unit="pair", disable=not todo):
-                matches0, scores0 = match_descriptors(cache.get(name0), cache.get(name1), config)
-                write_matches(handle, name0, name1, matches0.cpu().numpy(), scores0.cpu().numpy())
+        check_names(listed, cache, pairs)
+        with output_lock(output):
+            if overwrite:
+                remove_h5_output(output)
+            check_foreign(output)
+            todo, fresh = plan(listed, output, cache, matcher)
+            if todo or fresh:
+                write_pairs(todo, output, cache, config, matcher, fresh)
     finally:
         cache.close()
-    logger.info("Matched %d new pairs into %s", len(todo), output)
+    logger.info("Matched %d new pairs into %s (%d up to date)", len(todo), output, len(listed) - len(todo))
     return output
+
+
+def check_names(pairs: list[tuple[str, str]], cache: DescriptorCache, source: Path) -> None:
+    """Every image of the pairs file must have features (checked before matching anything)."""
+    missing = sorted({n for pair in pairs for n in pair if n not in cache.file or "keypoints" not in cache.file[n]})
+    if missing:
+        raise H5FormatError(f"{cache.file.filename} has no features for {len(missing)} image(s) named in {source}: "
+                            f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}")
+
+
+def check_foreign(output: Path) -> None:
+    """Refuse to add to a matches file that d2_sfm did not write (unknown settings)."""
+    if match_records(output) and not any(str(k).startswith(MATCHER) for k in file_attributes(output)):
+        raise H5FormatError(f"{current_file(output)} holds matches not made by d2_sfm.match (no matcher "
+                            "settings recorded); use another --output, or --overwrite to replace it")
+
+
+def write_pairs(todo: list[tuple[str, str, str]], output: Path, cache: DescriptorCache, config: MatcherConfig,
+                matcher: str, fresh: bool) -> None:
+    with atomic_h5(output, fresh=fresh) as handle:
+        handle.attrs.update({f"matcher.{k}": ("none" if v is None else v)
+                             for k, v in dataclasses.asdict(config).items()})
+        handle.attrs[MATCHER] = matcher
+        for name0, name1, features in tqdm(todo, desc="match", unit="pair", disable=not todo):
+            matches0, scores0 = match_descriptors(*cache.pair(name0, name1), config)
+            write_matches(handle, name0, name1, matches0.cpu().numpy(), scores0.cpu().numpy(),
+                          matcher=matcher, features=features)
+        prune_incomplete(handle, MATCHER, "matches0")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,20 +21,23 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from .cli import run_cli
 from .datasets.formats import write_pairs
-from .h5io import atomic_h5, existing_names, list_h5_names
+from .fingerprint import FileStamp
+from .h5io import (FEATURE_ID, SOURCE, atomic_h5, existing_names, feature_id, feature_records, file_attributes,
+                   list_h5_names, open_h5, prune_incomplete, up_to_date)
+from .locking import output_lock
 from .images import ImageError, list_images, read_image, resize, resized_size
 from .match import PairsError, read_pairs, unique_pairs
 from .paths import resolve_inside
 
 logger = logging.getLogger(__name__)
 
+GLOBAL_DESCRIPTOR = "global_descriptor"  # dataset of one image's GeM vector in the global features file
 PAIR_MODES = ("exhaustive", "sequential", "retrieval", "file")
 
 
@@ -109,30 +112,44 @@ def global_descriptor(extractor, image_rgb: np.ndarray, config: PairsConfig) -> 
 
 def compute_global_features(image_dir: Path, names: list[str], output: Path, extractor,
                             config: PairsConfig = PairsConfig()) -> Path:
-    """Global descriptors of `names` into `output` (hloc layout; resumable, atomic)."""
-    todo = [n for n in names if n not in existing_names(output)]
-    with atomic_h5(output) as handle:
-        handle.attrs.update({"weights": extractor.weights.name, "weights_sha256": extractor.weights.sha256,
-                             "pooling": f"GeM p={config.gem_p}", "max_edge": config.retrieval_max_edge})
-        for name in tqdm(todo, desc="global descriptors", unit="img", disable=not todo):
-            try:
-                descriptor = global_descriptor(extractor, read_image(resolve_inside(image_dir, name)), config)
-            except ImageError as error:
-                logger.warning("No global descriptor for %s: %s", name, error)
-                continue
-            if name in handle:
-                del handle[name]
-            handle.create_group(name).create_dataset("global_descriptor", data=descriptor)
-            handle.flush()
+    """Global descriptors of `names` into `output` (hloc layout; resumable, atomic). An image is
+    (re)computed when it has no complete descriptor from its current content and these settings."""
+    settings = {"weights": extractor.weights.name, "weights_sha256": extractor.weights.sha256,
+                "pooling": f"GeM p={config.gem_p}", "max_edge": config.retrieval_max_edge}
+    with output_lock(output):
+        fresh = {k: str(v) for k, v in file_attributes(output).items() if k in settings} != \
+            {k: str(v) for k, v in settings.items()}
+        records = {} if fresh else feature_records(output, GLOBAL_DESCRIPTOR)
+        todo = [n for n in names if not up_to_date(records.get(n), resolve_inside(image_dir, n))]
+        if not todo:
+            return Path(output)
+        with atomic_h5(output, fresh=fresh) as handle:
+            handle.attrs.update(settings)
+            for name in tqdm(todo, desc="global descriptors", unit="img"):
+                path = resolve_inside(image_dir, name)
+                try:
+                    stamp = FileStamp.of(path)
+                    descriptor = global_descriptor(extractor, read_image(path), config)
+                except (ImageError, OSError) as error:
+                    logger.warning("No global descriptor for %s: %s", name, error)
+                    continue
+                if name in handle:
+                    del handle[name]
+                group = handle.create_group(name)
+                group.create_dataset(GLOBAL_DESCRIPTOR, data=descriptor)
+                group.attrs[SOURCE] = stamp.to_text()
+                group.attrs[FEATURE_ID] = feature_id(descriptor, descriptor[:0])
+                handle.flush()
+            prune_incomplete(handle, FEATURE_ID, GLOBAL_DESCRIPTOR)
     return Path(output)
 
 
 def read_global_descriptors(path: Path, names: list[str]) -> np.ndarray:
-    with h5py.File(path, "r") as f:
-        missing = [n for n in names if n not in f or "global_descriptor" not in f[n]]
+    with open_h5(path, "global descriptors file") as f:
+        missing = [n for n in names if n not in f or GLOBAL_DESCRIPTOR not in f[n]]
         if missing:
             raise PairsError(f"{path} has no global descriptor for {len(missing)} image(s), e.g. {missing[0]!r}")
-        return np.stack([f[n]["global_descriptor"][()].astype(np.float32) for n in names])
+        return np.stack([f[n][GLOBAL_DESCRIPTOR][()].astype(np.float32) for n in names])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,11 +188,11 @@ def main(output: Path, names: list[str], config: PairsConfig = PairsConfig(), im
         pairs = pairs_sequential(names, config.window, config.loop)
     else:
         global_features = Path(global_features or Path(output).with_suffix(".global.h5"))
-        if not set(names) <= existing_names(global_features):
-            if image_dir is None or extractor is None:
-                raise PairsError(f"retrieval needs global descriptors ({global_features} lacks some) or the "
-                                 "images and weights to compute them")
+        if image_dir is not None and extractor is not None:  # (re)computes missing and changed images only
             compute_global_features(image_dir, names, global_features, extractor, config)
+        elif not set(names) <= existing_names(global_features):
+            raise PairsError(f"retrieval needs global descriptors ({global_features} lacks some) or the "
+                             "images and weights to compute them")
         available = set(list_h5_names(global_features))
         names = [n for n in names if n in available]
         descriptors = read_global_descriptors(global_features, names)

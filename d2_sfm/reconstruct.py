@@ -42,13 +42,17 @@ from tqdm import tqdm
 
 from .fingerprint import file_fingerprint, settings_fingerprint
 from . import colmap_db, extract, match, pairs
+from .atomic import write_json
 from .alignment import PoseErrors, align_and_compare, model_poses, read_ground_truth_file, relative_rotation_errors
 from .cli import add_extraction_arguments, extraction_config_from_args, run_cli
 from .colmap_db import CameraConfig, PairStats, VerificationConfig
 from .errors import D2SfmError
 from .extractor import D2Extractor, ExtractionConfig
-from .h5io import list_h5_names
-from .images import list_images
+from .h5io import feature_records, list_h5_names
+from .locking import output_lock
+from .paths import check_pair_key_collisions
+from .weights import resolve as resolve_weights
+from .images import ImageListing, list_images, list_images_report
 from .matching import MatcherConfig
 from .pairs import PairsConfig
 from .visualize import save_overview
@@ -186,10 +190,7 @@ class StepLog:
         return self.entries.get(step, {}).get(item, default)
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_name(self.path.name + ".partial")
-        partial.write_text(json.dumps(self.entries, indent=1))
-        partial.replace(self.path)
+        write_json(self.path, self.entries)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -420,6 +421,10 @@ class ReconstructionSummary:
         lines += [f"  warning: {w}" for w in d.get("warnings", [])]
         if d.get("failed_images"):
             lines.append(f"  unreadable images skipped: {', '.join(sorted(d['failed_images']))}")
+        if d.get("skipped_files"):
+            lines.append(f"  files skipped when listing the folder: {', '.join(sorted(d['skipped_files']))}")
+        if d.get("feature_warnings"):
+            lines.append(f"  suspect features (see summary.json): {', '.join(sorted(d['feature_warnings']))}")
         if d.get("unregistered"):
             lines.append(f"  not registered: {', '.join(d['unregistered'])}")
         gt = d.get("ground_truth")
@@ -449,6 +454,7 @@ class Pipeline:
         self.ground_truth = ground_truth
         self.log = StepLog(self.out.steps)
         self._extractor: D2Extractor | None = None
+        self._listing: ImageListing | None = None
         self.names: list[str] = []
         self.timings: dict[str, float] = {}
         self.keys: dict[str, str] = {}
@@ -473,13 +479,17 @@ class Pipeline:
     # -- steps
 
     def listed_images(self) -> list[str]:
-        names = self.image_list or list_images(self.image_dir)
-        return sorted(names)
+        if self.image_list:
+            return sorted(self.image_list)
+        if self._listing is None:
+            self._listing = list_images_report(self.image_dir)
+            self._listing.log()
+        return sorted(self._listing.names)
 
     def extract(self, resume: bool) -> tuple[dict, dict]:
         summary = extract.main(self.image_dir, self.out.features, self.listed_images(), self.config.weights,
                                self.config.extraction, device=self.config.device, extractor=self.extractor())
-        return {"extract": summary.seconds}, {"failed": summary.failed,
+        return {"extract": summary.seconds}, {"failed": summary.failed, "feature_warnings": summary.warnings,
                                               "weights": {"name": self.extractor().weights.name,
                                                           "sha256": self.extractor().weights.sha256}}
 
@@ -552,8 +562,12 @@ class Pipeline:
         self.names = [n for n in listed if n in available]
         if len(self.names) < 2:
             raise ReconstructionError(too_few_images_message(self.image_dir, listed, self.names, failed))
+        # Later steps depend on the features' content, not on image timestamps: an image that was
+        # only touched keeps its features, and nothing downstream is redone.
+        features = feature_records(self.out.features)
         self.run_step("pairs", settings_fingerprint(
-            self.keys["extract"], self.names, config.pairs.as_dict(), file_fingerprint(config.pairs_file)),
+            config.weights, config.extraction.as_attributes(), {n: features[n].identity for n in self.names},
+            config.pairs.as_dict(), file_fingerprint(config.pairs_file)),
             self.make_pairs, 2)
         self.run_step("match", settings_fingerprint(
             self.keys["pairs"], file_fingerprint(self.out.pairs), asdict(config.matcher)),
@@ -579,6 +593,8 @@ class Pipeline:
         registered = set(data["registered"])
         data["unregistered"] = [n for n in listed if n not in registered]
         data["failed_images"] = failed
+        data["feature_warnings"] = self.log.get("extract", "feature_warnings", {})
+        data["skipped_files"] = self._listing.skipped if self._listing else {}
         stability = self.log.get("map", "stability", [])
         data["stability"] = stability
         unstable = stability_warnings(stability, self.config.reliability)
@@ -600,7 +616,7 @@ class Pipeline:
         data["weights"] = self.log.get("extract", "weights") or features_weights(self.out.features)
         data["settings"] = self.config.settings()
         data["versions"] = {"pycolmap": pycolmap.__version__, "torch": torch.__version__}
-        self.out.summary.write_text(json.dumps(data, indent=1, default=str))
+        write_json(self.out.summary, data)
         return ReconstructionSummary(self.out.root, data, reconstruction)
 
 
@@ -647,21 +663,36 @@ def remove_outputs(layout: OutputLayout) -> None:
             path.unlink()
 
 
+def validate_inputs(image_dir: Path, config: ReconstructionConfig, image_list: list[str] | None) -> None:
+    """Everything a run will read, checked before anything is deleted or computed: the images, the
+    weights, a pairs file, known intrinsics."""
+    names = image_list or list_images(image_dir)
+    check_pair_key_collisions(names, str(image_dir))
+    resolve_weights(config.weights, validate=True)
+    if config.pairs_file is not None:
+        pairs.validated_user_pairs(config.pairs_file, None)
+    if config.camera.intrinsics_file is not None:
+        colmap_db.read_intrinsics_file(config.camera.intrinsics_file)
+
+
 def main(image_dir: Path, output: Path, config: ReconstructionConfig = ReconstructionConfig(),
          overwrite: bool = False, image_list: list[str] | None = None,
          ground_truth: dict[str, pycolmap.Rigid3d] | None = None) -> ReconstructionSummary:
-    """Reconstruct the images of `image_dir` into `output` (resumable; see the module docstring)."""
+    """Reconstruct the images of `image_dir` into `output` (resumable; see the module docstring).
+    One run at a time per output folder (a second gets OutputLockedError at once)."""
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise ReconstructionError(f"output {output} exists and is not a folder")
+    validate_inputs(image_dir, config, image_list)
     layout = OutputLayout(output)
-    if overwrite:
-        remove_outputs(layout)
-    elif layout.steps.is_file():
-        logger.info("Resuming in %s (finished steps with the same settings are skipped; --overwrite starts afresh)",
-                    output)
     output.mkdir(parents=True, exist_ok=True)
-    summary = Pipeline(image_dir, output, config, image_list, ground_truth).run()
+    with output_lock(output / "reconstruct"):
+        if overwrite:
+            remove_outputs(layout)
+        elif layout.steps.is_file():
+            logger.info("Resuming in %s (finished steps with the same settings are skipped; --overwrite starts "
+                        "afresh)", output)
+        summary = Pipeline(image_dir, output, config, image_list, ground_truth).run()
     logger.info("Done: %s", summary.lines()[0])
     return summary
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +36,8 @@ from .cli import run_cli
 from .colmap_db import COLMAP_PIXEL_OFFSET, VerificationConfig
 from .errors import D2SfmError
 from .h5io import list_h5_names
+from .atomic import atomic_path
+from .locking import output_lock
 from .match import read_pairs, unique_pairs
 
 logger = logging.getLogger(__name__)
@@ -131,6 +132,25 @@ def import_and_verify(database: Path, reference: pycolmap.Reconstruction, image_
     return kept
 
 
+def build_and_triangulate(model: pycolmap.Reconstruction, image_dir: Path, names: set[str],
+                          pair_list: list[tuple[str, str]], features: Path, matches: Path, output_dir: Path,
+                          config: TriangulationConfig, mapper_options: pycolmap.IncrementalPipelineOptions | None
+                          ) -> pycolmap.Reconstruction:
+    """The database (replaced atomically) and the triangulated model, in `output_dir`."""
+    database = output_dir / "database.db"
+    with atomic_path(database) as partial:
+        image_ids = {n: i for n, i in database_from_model(partial, model).items() if n in names}
+        kept = import_and_verify(partial, model, image_ids, pair_list, features, matches, config)
+        if config.verification == "estimate":
+            colmap_db.verify(partial, VerificationConfig(), config.num_threads)
+    logger.info("Imported %d pairs%s", len(pair_list), f", {kept} kept after verification" if kept >= 0 else "")
+    options = mapper_options or pycolmap.IncrementalPipelineOptions()
+    options.num_threads = config.num_threads
+    triangulated = pycolmap.triangulate_points(model, str(database), str(image_dir), str(output_dir),
+                                               clear_points=True, options=options, refine_intrinsics=False)
+    return triangulated
+
+
 def main(reference: pycolmap.Reconstruction | Path, image_dir: Path, pairs: Path, features: Path, matches: Path,
          output_dir: Path, config: TriangulationConfig = TriangulationConfig(),
          mapper_options: pycolmap.IncrementalPipelineOptions | None = None) -> pycolmap.Reconstruction:
@@ -150,22 +170,9 @@ def main(reference: pycolmap.Reconstruction | Path, image_dir: Path, pairs: Path
     pair_list = [(a, b) for a, b in unique_pairs(read_pairs(pairs)) if a in names and b in names]
     if not pair_list:
         raise TriangulationError(f"no pair of {pairs} names two reference images that have features")
-    database = output_dir / "database.db"
-    partial = database.with_name(database.name + ".partial")
-    partial.unlink(missing_ok=True)
-    try:
-        image_ids = {n: i for n, i in database_from_model(partial, model).items() if n in names}
-        kept = import_and_verify(partial, model, image_ids, pair_list, features, matches, config)
-        if config.verification == "estimate":
-            colmap_db.verify(partial, VerificationConfig(), config.num_threads)
-        shutil.move(partial, database)
-    finally:
-        partial.unlink(missing_ok=True)
-    logger.info("Imported %d pairs%s", len(pair_list), f", {kept} kept after verification" if kept >= 0 else "")
-    options = mapper_options or pycolmap.IncrementalPipelineOptions()
-    options.num_threads = config.num_threads
-    triangulated = pycolmap.triangulate_points(model, str(database), str(image_dir), str(output_dir),
-                                               clear_points=True, options=options, refine_intrinsics=False)
+    with output_lock(output_dir):
+        triangulated = build_and_triangulate(model, image_dir, names, pair_list, features, matches, output_dir,
+                                             config, mapper_options)
     logger.info("Triangulated %d points from %d images in %.1f s (model in %s)", triangulated.num_points3D(),
                 triangulated.num_reg_images(), time.time() - start, output_dir)
     return triangulated

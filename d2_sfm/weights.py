@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import pickle
+import re
 import tempfile
 import urllib.error
 import urllib.request
@@ -69,8 +71,23 @@ def expected_shapes() -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in D2Net().state_dict().items()}
 
 
+def torch_load_problem(error: Exception) -> str:
+    """One short line for a torch.load failure: torch's own messages run over several lines and
+    advise setting weights_only=False, which would run whatever code the file holds."""
+    text = str(error)
+    if "Weights only load failed" in text or isinstance(error, pickle.UnpicklingError):
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return (f"holds pickled code or objects that are not plain tensors{what}; refused, since "
+                "checkpoints are loaded with weights_only=True")
+    first = re.split(r"(?<=\.)\s|\n", text.strip(), maxsplit=1)[0][:200]
+    return (f"could not be read as a torch file (truncated or not a checkpoint?): "
+            f"{type(error).__name__}: {first}")
+
+
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read and validate a checkpoint in the official layout. Raises WeightsError naming the file."""
+    """Read and validate a checkpoint in the official layout. Raises WeightsError naming the file,
+    in one line: unreadable or unsafe file, no state dict, wrong keys, shapes or dtypes, NaN/inf."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"checkpoint {path} does not exist")
@@ -79,22 +96,26 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, not a torch file, unsafe pickle content
-        raise WeightsError(f"checkpoint {path} could not be read as a torch file "
-                           f"(truncated or not a checkpoint?): {error}") from error
+        raise WeightsError(f"checkpoint {path} {torch_load_problem(error)}") from None
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise WeightsError(f"checkpoint {path} holds no state dict (expected {{'model': state_dict}})")
     expected = expected_shapes()
     missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+    unexpected = sorted(str(k) for k in state if k not in expected)
     if missing or unexpected:
         raise WeightsError(f"checkpoint {path} is not a D2-Net checkpoint: missing keys {missing[:4]}"
                            f"{'...' if len(missing) > 4 else ''}, unexpected keys {unexpected[:4]}")
     for key, shape in expected.items():
-        if tuple(state[key].shape) != shape:
-            raise WeightsError(f"checkpoint {path}: {key} has shape {tuple(state[key].shape)}, "
+        value = state[key]
+        if not isinstance(value, torch.Tensor):
+            raise WeightsError(f"checkpoint {path}: {key} is a {type(value).__name__}, not a tensor")
+        if not value.is_floating_point():  # integer, bool or complex weights are not D2-Net's
+            raise WeightsError(f"checkpoint {path}: {key} has dtype {value.dtype}, expected a float type")
+        if tuple(value.shape) != shape:
+            raise WeightsError(f"checkpoint {path}: {key} has shape {tuple(value.shape)}, "
                                f"expected {shape}")
-        if not torch.isfinite(state[key]).all():
+        if not torch.isfinite(value).all():
             raise WeightsError(f"checkpoint {path}: {key} contains NaN or inf")
     return {k: state[k].float() for k in expected}
 
@@ -174,8 +195,16 @@ def download_official(name: str, timeout: float = 20.0) -> Path:
     return path
 
 
-def resolve(weights: str | os.PathLike | None = None) -> WeightsInfo:
-    """Turn a weights option (name, path or None for the default) into a checked local file."""
+def resolve(weights: str | os.PathLike | None = None, *, validate: bool = False) -> WeightsInfo:
+    """Turn a weights option (name, path or None for the default) into a checked local file.
+
+    Cheap by default (existence and hash). `validate=True` also loads and checks the checkpoint
+    (keys, shapes, dtypes, finiteness), raising WeightsError: call it before deleting or computing
+    anything, so that a bad --weights never costs an existing output."""
+    if validate:
+        info = resolve(weights)
+        load_state_dict(info.path)
+        return info
     if weights is None:
         return resolve_default()
     text = str(weights)
@@ -193,7 +222,10 @@ def resolve(weights: str | os.PathLike | None = None) -> WeightsInfo:
             raise WeightsError(f"weights {text!r} is neither a known name "
                                f"({', '.join(OFFICIAL_NAMES + PACKAGED_NAMES + (HED_NAME,))}) nor an existing file")
         text = path.name
-    return WeightsInfo(text, path, file_sha256(path))
+    try:
+        return WeightsInfo(text, path, file_sha256(path))
+    except OSError as error:
+        raise WeightsError(f"cannot read checkpoint {path}: {error.strerror or error}") from None
 
 
 def resolve_default() -> WeightsInfo:

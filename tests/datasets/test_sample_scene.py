@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -42,7 +44,8 @@ def test_files_and_ground_truth_reproduce_the_images(scene_root):
     np.testing.assert_allclose(uv[0], [col + 0.5, row + 0.5], atol=1e-3)
 
 
-def test_idempotent_and_rewritten_when_incomplete_or_changed(scene_root):
+def test_idempotent_and_rewritten_when_incomplete_or_changed(scene_root, tmp_path):
+    scene_root = Path(shutil.copytree(scene_root, tmp_path / "sample_scene"))  # rewritten below: a copy
     gt = scene_root / GROUND_TRUTH_FILE
     stamp = gt.stat().st_mtime_ns
     write_sample_scene(scene_root, num_views=3, size=SIZE, seed=4)
