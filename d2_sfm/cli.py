@@ -9,7 +9,7 @@ import sys
 from typing import Callable
 
 from .errors import D2SfmError
-from .extractor import ExtractionConfig
+from .extractor import PRECISIONS, ExtractionConfig
 from .paths import check_output_path  # noqa: F401  (re-exported for the command-line tools)
 
 logger = logging.getLogger("d2_sfm")
@@ -100,7 +100,10 @@ def add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--preprocessing", choices=("caffe", "torch"), default=default.preprocessing)
     group.add_argument("--tile-size", type=int, default=default.tile_size,
                        help="run the network in tiles of this many px per side (exact; bounds memory)")
-    group.add_argument("--half", action="store_true", help="CUDA only: float16 network (faster, not bit-exact)")
+    group.add_argument("--precision", choices=PRECISIONS, default=default.precision,
+                       help="network arithmetic: auto (bf16 on CPUs with native bf16, else fp32), fp32 (exact), "
+                            "bf16, fp16 or tf32 (CUDA only)")
+    group.add_argument("--half", action="store_true", help="same as --precision fp16 (CUDA only)")
     group.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
 
 
@@ -108,4 +111,4 @@ def extraction_config_from_args(args: argparse.Namespace) -> ExtractionConfig:
     return ExtractionConfig(multiscale=args.multiscale, max_edge=args.max_edge,
                             max_sum_edges=args.max_sum_edges, max_keypoints=args.max_keypoints,
                             preprocessing=args.preprocessing, tile_size=args.tile_size or None,
-                            half=args.half)
+                            precision="fp16" if args.half else args.precision)

@@ -41,6 +41,7 @@ from .cli import run_cli
 from .errors import D2SfmError
 from .h5io import H5FormatError, find_pair
 from .atomic import atomic_path, write_json
+from .colmap_log import colmap_log_to
 from .locking import output_lock
 from .match import read_pairs, unique_pairs
 from .paths import resolve_inside, safe_relative_name
@@ -143,15 +144,6 @@ class DatabaseSummary:
 
 # ----------------------------------------------------------------------------------------------
 # Cameras
-
-
-def log_colmap_to(path: Path) -> None:
-    """Send COLMAP's own (glog) messages to `path`; only its errors still reach the terminal."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    pycolmap.logging.set_log_destination(pycolmap.logging.INFO, str(path))
-    pycolmap.logging.logtostderr = False
-    pycolmap.logging.alsologtostderr = False
-    pycolmap.logging.stderrthreshold = 2
 
 
 def check_model_name(model: str) -> str:
@@ -547,9 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cli(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    log_colmap_to(args.output.with_suffix(".colmap.log"))
-    main(args.output, args.images, args.pairs, args.features, args.matches,
-         camera_config_from_args(args), verification_config_from_args(args))
+    with colmap_log_to(args.output.with_suffix(".colmap.log")):
+        main(args.output, args.images, args.pairs, args.features, args.matches,
+             camera_config_from_args(args), verification_config_from_args(args))
     return 0
 
 

@@ -3,3 +3,7 @@
 
 class D2SfmError(Exception):
     """A user-facing problem with an input (file, option, dataset); the message names it."""
+
+
+class ConfigError(D2SfmError, ValueError):
+    """An option value that cannot be used (on this device); the message names the option."""

@@ -24,6 +24,8 @@ from .paths import check_output_path, check_pair_key_collisions, name_problem, r
 from .textfiles import read_text_lines
 
 DESCRIPTOR_DIM = 512
+# Settings that files written by d2_sfm 0.1 did not record, with the value they had then.
+RECORDED_BEFORE_THEY_WERE_RECORDED = {"descriptor_dim": DESCRIPTOR_DIM, "config.precision": "fp32"}
 # Zero padding gives the dense map responses near the border even on a uniform image: measured on
 # uniform grey, black and white images, 8-15 keypoints, all within 35 px of the border. An image
 # whose keypoints all lie in that band has no texture of its own.
@@ -87,6 +89,7 @@ def check_settings(output: Path, extractor: D2Extractor) -> None:
     if "weights" not in stored:
         raise H5FormatError(f"{source} holds features not made by d2_sfm (no weights or settings recorded); "
                             "use another --output, or --overwrite to replace it")
+    stored = {**RECORDED_BEFORE_THEY_WERE_RECORDED, **stored}
     different = [f"{k}={stored.get(k)} (now {wanted[k]})" for k in wanted if str(stored.get(k)) != str(wanted[k])]
     if different:
         raise H5FormatError(f"{source} was made with other settings: {', '.join(different)}; "

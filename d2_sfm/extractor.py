@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,17 +11,28 @@ import numpy as np
 import torch
 
 from .detection import EDGE_THRESHOLD
+from .errors import ConfigError
 from .images import ResizedImage, read_image_checked, resize, resized_size
 from .model import Preprocessing, preprocess
 from .pyramid import Keypoints, extract_keypoints
 from .tiling import DenseNetwork
 from .weights import load_model
 
+logger = logging.getLogger(__name__)
+
 MULTISCALE_SCALES = (0.5, 1.0, 2.0)
 # Tiles of at most this many input pixels per side (plus a 44-48 px halo): single scale up to
 # 1600 px runs in one pass; multi-scale at 1600 px (3200 px at scale 2) stays under 4 GB.
 DEFAULT_TILE_SIZE = 1600
 PERFORMANCE_ONLY = ("tile_size",)  # options that do not change the features (not recorded)
+# Network arithmetic. fp32: exact (TF32 off on GPUs). bf16: CPU autocast with channels-last
+# activations, a faster network on CPUs with native bf16 (avx512_bf16 / AMX), but it kept only
+# 96.4% of fp32 keypoints within 1 px on kermit at 640 px (94.2% multi-scale; measured with
+# pipelines/benchmark_throughput.py --device cpu), below the 99% that `auto` requires, so auto
+# means fp32 and bf16 is opt-in. fp16 (CUDA autocast) and tf32 (CUDA TF32 convolutions) are
+# GPU-only. Detection, refinement and descriptor normalisation always run in fp32.
+AUTO_PRECISION = "fp32"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "tf32")
 
 
 @dataclass(frozen=True)
@@ -33,11 +45,13 @@ class ExtractionConfig:
     use_relu: bool = True  # ReLU after conv4_3 (official default)
     edge_threshold: float = EDGE_THRESHOLD
     tile_size: int | None = DEFAULT_TILE_SIZE  # network tiles (input px per side); None: whole image
-    half: bool = False  # CUDA only: float16 autocast, channels-last network (~99% same keypoints)
+    precision: str = "auto"  # one of PRECISIONS; recorded resolved (a resume never mixes them)
 
     def __post_init__(self) -> None:
         if self.tile_size is not None and self.tile_size < 16:
-            raise ValueError(f"tile_size must be None or at least 16 px, got {self.tile_size}")
+            raise ConfigError(f"tile_size must be None or at least 16 px, got {self.tile_size}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     @property
     def scales(self) -> tuple[float, ...]:
@@ -64,6 +78,23 @@ class Features:
         return len(self.keypoints)
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), where bf16 pays off."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The arithmetic `precision` means on `device` (auto: AUTO_PRECISION); GPU-only modes are
+    refused on a CPU, and bf16 on a CPU without native bf16 is allowed with a warning (slow)."""
+    if precision == "auto":
+        return AUTO_PRECISION
+    if precision in ("fp16", "tf32") and device.type != "cuda":
+        raise ConfigError(f"precision {precision} needs a CUDA device (got {device}); use fp32 or bf16")
+    if precision == "bf16" and device.type == "cpu" and not native_bf16():
+        logger.warning("This CPU has no native bf16 (avx512_bf16 or AMX): bf16 is emulated and slower than fp32")
+    return precision
+
+
 def top_k(keypoints: Keypoints, k: int | None) -> Keypoints:
     if k is None or len(keypoints.scores) <= k:
         return keypoints
@@ -77,12 +108,11 @@ class D2Extractor:
 
     def __init__(self, weights: str | os.PathLike | None = None,
                  config: ExtractionConfig = ExtractionConfig(), device: str | torch.device = "cpu"):
-        self.config = config
         self.device = torch.device(device)
+        self.config = dataclasses.replace(config, precision=resolve_precision(config.precision, self.device))
         self.model, self.weights = load_model(weights, use_relu=config.use_relu, device=self.device)
-        if config.half and self.device.type == "cuda":
-            self.model.to(memory_format=torch.channels_last)
-        self.network = DenseNetwork(self.model, config.tile_size, config.half)  # reads the weights live
+        tile_size = config.tile_size if self.device.type == "cpu" or config.tile_size != DEFAULT_TILE_SIZE else None
+        self.network = DenseNetwork(self.model, tile_size, self.config.precision)  # reads the weights live
 
     @torch.inference_mode()
     def extract_network_input(self, image_rgb: np.ndarray) -> Keypoints:

@@ -29,7 +29,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import h5py
 import numpy as np
@@ -207,14 +207,27 @@ def stored_feature_id(handle: h5py.File, name: str) -> str:
 
 def feature_records(path: Path, dataset: str = "keypoints") -> dict[str, ItemRecord]:
     """Image name -> record, for every image (a group holding `dataset`) in the (resumable) file."""
-    records = {}
+    return _records(path, dataset, "features file",
+                    lambda group: ItemRecord(_attr(group, SOURCE), _attr(group, FEATURE_ID)))
+
+
+def match_records(path: Path) -> dict[str, ItemRecord]:
+    """Pair key -> record, for every pair in the (resumable) matches file."""
+    return _records(path, "matches0", "matches file",
+                    lambda group: ItemRecord(None, _attr(group, PAIR_FEATURES), _attr(group, MATCHER)))
+
+
+def _records(path: Path, dataset: str, what: str, record: Callable[[h5py.Group], ItemRecord]
+             ) -> dict[str, ItemRecord]:
+    """Group name -> record(group), for every group holding `dataset` in the (resumable) output."""
+    records: dict[str, ItemRecord] = {}
     current = current_file(path)
     if current is None:
         return records
-    with open_h5(current, "features file") as f:
+    with open_h5(current, what) as f:
         def visit(name: str, obj: object) -> None:
             if isinstance(obj, h5py.Group) and dataset in obj:
-                records[name] = ItemRecord(_attr(obj, SOURCE), _attr(obj, FEATURE_ID))
+                records[name] = record(obj)
         f.visititems(visit)
     return records
 
@@ -225,20 +238,6 @@ def up_to_date(record: ItemRecord | None, image: Path) -> bool:
         return False
     stamp = FileStamp.from_text(record.source)
     return stamp is not None and stamp.matches(image)
-
-
-def match_records(path: Path) -> dict[str, ItemRecord]:
-    """Pair key -> record, for every pair in the (resumable) matches file."""
-    records = {}
-    current = current_file(path)
-    if current is None:
-        return records
-    with open_h5(current, "matches file") as f:
-        def visit(name: str, obj: object) -> None:
-            if isinstance(obj, h5py.Group) and "matches0" in obj:
-                records[name] = ItemRecord(None, _attr(obj, PAIR_FEATURES), _attr(obj, MATCHER))
-        f.visititems(visit)
-    return records
 
 
 def file_attributes(path: Path) -> dict[str, object]:

@@ -30,7 +30,7 @@ import torch
 
 from .detection import EDGE_THRESHOLD
 from .errors import D2SfmError
-from .extractor import ExtractionConfig, top_k
+from .extractor import ExtractionConfig, resolve_precision, top_k
 from .matching import MatcherConfig, match_descriptors
 from .model import preprocess
 from .pyramid import extract_keypoints
@@ -60,6 +60,7 @@ EXTRACTOR_DEFAULTS: dict[str, Any] = {
     "use_relu": True,  # ReLU after conv4_3 (official default)
     "max_keypoints": None,  # keep the K best-scoring keypoints (None: all)
     "edge_threshold": EDGE_THRESHOLD,  # SIFT-like edge test on the dense maps
+    "precision": "auto",  # network arithmetic (d2_sfm.extractor.PRECISIONS), resolved on the image's device
 }
 MATCHER_DEFAULTS: dict[str, Any] = {
     "ratio_threshold": None,  # Lowe's ratio on L2 distances (None: off)
@@ -121,7 +122,8 @@ def extraction_config(conf: dict[str, Any]) -> ExtractionConfig:
         raise HlocError(f"preprocessing must be 'caffe' or 'torch', got {conf['preprocessing']!r}")
     return ExtractionConfig(multiscale=bool(conf["multiscale"]), max_edge=None, max_sum_edges=None,
                             max_keypoints=conf["max_keypoints"], preprocessing=conf["preprocessing"],
-                            use_relu=bool(conf["use_relu"]), edge_threshold=float(conf["edge_threshold"]))
+                            use_relu=bool(conf["use_relu"]), edge_threshold=float(conf["edge_threshold"]),
+                            precision=str(conf["precision"]))
 
 
 def matcher_config(conf: dict[str, Any]) -> MatcherConfig:
@@ -184,7 +186,8 @@ class ExtractorMethods:
 
     def _forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # DenseNetwork: tiled, oneDNN-layout inference, identical numbers to calling the model
-        network = DenseNetwork(self.net, self.config.tile_size, self.config.half)
+        precision = resolve_precision(self.config.precision, data["image"].device)
+        network = DenseNetwork(self.net, self.config.tile_size, precision)
         return extract_hloc_image(network, data["image"], self.config)
 
 

@@ -1,6 +1,6 @@
 """Pipeline: visual localization with D2-Net features on Aachen Day-Night (v1.0, v1.1) and InLoc.
 
-python -m d2_sfm.localize --dataset aachen|aachen_v1_1|inloc [--root DIR] [--output OUT]
+python -m d2_sfm.localize --dataset aachen|aachen_v1_1|inloc|kapture [--root DIR] [--output OUT]
                           [--pairs FILE] [--num-retrieved K] [--num-covisible K]
                           [--covisibility-clustering] [--ransac-max-error PX] [--ground-truth FILE]
                           [--weights NAME|PATH] [--multiscale] [--max-edge N] ...
@@ -20,6 +20,11 @@ The recipe (each step resumable; rerunning continues where it stopped):
    one line per query, basenames, ready for visuallocalization.net) and summary.json; with ground
    truth (`--ground-truth`, or the synthetic datasets' `ground_truth/queries.txt`), the
    benchmark's recall at its thresholds.
+Every input (dataset files, --pairs, --ground-truth) is parsed before any feature is computed; the
+output folder is locked for the run (a concurrent run into it fails at once); the triangulated
+model records the digests of the dataset files and database images it was built from, and every
+pose the digests of its query image, intrinsics, retrieval list (and, InLoc, cutouts): a resume
+redoes exactly what changed, saying so in one log line. COLMAP's log: OUT/colmap.log.
 A query that cannot be localized still gets a line (Aachen: the pose of its best retrieved database
 image, as hloc; InLoc: the identity), and is listed as a failure, with the reason, in summary.json.
 """
@@ -41,14 +46,22 @@ import pycolmap
 from .fingerprint import file_fingerprint, settings_fingerprint
 from . import extract, match, triangulate
 from .cli import add_extraction_arguments, extraction_config_from_args, run_cli
-from .datasets.aachen import MODEL_V1_1_DIR, NVM_FILE, AachenDataset
-from .datasets.formats import read_nvm, read_pairs as read_retrieval_pairs, read_poses, write_poses
-from .datasets.inloc import InLocDataset
+from .colmap_log import colmap_log_to
+from .report import write_report_or_warn
+from .colmap_model import read_model
+from .datasets import DatasetError
+from .datasets.aachen import DATABASE_FILE, DB_INTRINSICS_FILE, IMAGE_DIR, MODEL_V1_1_DIR, NVM_FILE, AachenDataset
+from .datasets.formats import (camera_to_fields, read_nvm, read_pairs as read_retrieval_pairs, read_poses,
+                               write_pairs, write_poses)
+from .datasets.inloc import CUTOUT_DIR, QUERY_DIR, InLocDataset
 from .extractor import D2Extractor, ExtractionConfig
 from .h5io import list_h5_names
 from .localization import covisibility, evaluate, pose_from_cutouts, pose_from_model
 from .localization.estimation import (LocalizationError, PoseEstimationConfig, QueryLog, QueryResult, Timer,
                                       results_name, write_json)
+from .localization.inputs import StampCache, stat_stamp
+from .localization.model import load_model
+from .locking import output_lock
 from .matching import MatcherConfig
 from .pairs import PairsConfig, compute_global_features, read_global_descriptors
 
@@ -71,10 +84,18 @@ PRESETS: dict[str, DatasetPreset] = {
     "aachen": DatasetPreset("datasets/aachen", "Aachen", 50, 12.0, 1600, "aachen"),
     "aachen_v1_1": DatasetPreset("datasets/aachen_v1.1", "Aachen-v1.1", 50, 12.0, 1600, "aachen"),
     "inloc": DatasetPreset("datasets/inloc", "InLoc", 40, 48.0, 4032, "inloc"),
+    "kapture": DatasetPreset("datasets/kapture", "kapture", 50, 12.0, 1600, "aachen"),  # datasets/kapture_dataset.py
 }
 SYNTHETIC_GROUND_TRUTH = "ground_truth/queries.txt"  # written by d2_sfm.datasets.synthetic
 SYNTHETIC_QUERY_FLOORS = "ground_truth/query_floors.txt"
-STEP_STAMP = "d2_sfm_step.json"  # in the triangulated model's folder: the settings it was made with
+STEP_STAMP = "d2_sfm_step.json"  # in the triangulated model's folder: the settings and inputs it was made with
+# Where each benchmark comes from (printed when its folder is missing), and the synthetic stand-in.
+DATASET_SOURCES = {
+    "aachen": "Aachen Day-Night v1.0 from the benchmark's official site, visuallocalization.net",
+    "aachen_v1_1": "Aachen Day-Night v1.1 from the benchmark's official site, visuallocalization.net",
+    "inloc": "InLoc from the benchmark's official site, visuallocalization.net",
+    "kapture": "a kapture localization dataset (mapping/ and query/ kapture folders, e.g. kapture's downloader)",
+}
 
 
 @dataclass(frozen=True)
@@ -119,6 +140,7 @@ class RunPaths:
         self.pose_log = self.output / "poses.jsonl"
         self.summary = self.output / "summary.json"
         self.colmap_log = self.output / "colmap.log"
+        self.input_stamps = self.output / "input-stamps.json"  # FileStamps of dataset files and images
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,7 +158,9 @@ class Scene(Protocol):
 
     def db_images_needed(self, retrieval: dict[str, list[str]]) -> list[str]: ...
 
-    def prepare(self, paths: RunPaths, config: LocalizationConfig, timer: Timer) -> None: ...
+    def prepare(self, paths: RunPaths, config: LocalizationConfig, timer: Timer, stamps: StampCache) -> None: ...
+
+    def query_inputs(self, name: str, retrieved: list[str], stamps: StampCache) -> str: ...
 
     def localize(self, paths: RunPaths, retrieval: dict[str, list[str]], config: LocalizationConfig,
                  log: QueryLog) -> list[QueryResult]: ...
@@ -168,20 +192,40 @@ class AachenScene:
         """Which database image sees which point, from the dataset's own (SIFT) model."""
         root = self.dataset.root
         if self.dataset.version == "v1_1":
-            return covisibility.Observations.from_reconstruction(pycolmap.Reconstruction(str(root / MODEL_V1_1_DIR)))
+            return covisibility.Observations.from_reconstruction(read_model(root / MODEL_V1_1_DIR, DatasetError))
         nvm = read_nvm(root / NVM_FILE)
         return covisibility.Observations([c.name for c in nvm.cameras], nvm.points.image_index,
                                          nvm.points.point_index)
 
-    def prepare(self, paths: RunPaths, config: LocalizationConfig, timer: Timer) -> None:
+    def dataset_files(self) -> list[Path]:
+        """The files the reference poses and covisibility come from."""
+        root = self.dataset.root
+        if self.dataset.version == "v1_1":
+            return sorted(p for p in (root / MODEL_V1_1_DIR).iterdir() if p.suffix in (".bin", ".txt"))
+        return [p for p in (root / NVM_FILE, root / DB_INTRINSICS_FILE, root / DATABASE_FILE) if p.exists()]
+
+    def prepare(self, paths: RunPaths, config: LocalizationConfig, timer: Timer, stamps: StampCache) -> None:
         """Covisible database pairs, their matches, and the triangulated model (skipped when a
-        model made from the same features and settings is there)."""
+        model made from the same dataset files, database images, features and settings is there)."""
         stamp = paths.sfm / STEP_STAMP
-        key = settings_fingerprint(str(self.dataset.root), self.dataset.version, self.db_names,
-                                   config.num_covisible, asdict(config.matcher), h5_attributes(paths.features))
-        if stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
+        parts = {
+            "settings": settings_fingerprint(str(self.dataset.root), self.dataset.version, self.db_names,
+                                             config.num_covisible, asdict(config.matcher),
+                                             h5_attributes(paths.features)),
+            "dataset files": settings_fingerprint(stamps.digests(self.dataset_files(), self.dataset.root)),
+            "database images": settings_fingerprint(stamps.digests([self.image_dir / n for n in self.db_names],
+                                                                   self.image_dir)),
+        }
+        key = settings_fingerprint(parts)
+        previous = read_step_stamp(stamp)
+        if previous.get("key") == key and (paths.sfm / "images.bin").is_file():
             logger.info("Triangulated model %s is up to date: skipped", paths.sfm)
             return
+        if previous:
+            changed = [name for name, value in parts.items() if previous.get("parts", {}).get(name) != value]
+            logger.info("Triangulated model %s is out of date (%s changed): building it again", paths.sfm,
+                        ", ".join(changed) or "its record")
+        stamp.unlink(missing_ok=True)  # a run killed while rebuilding must not look finished
         with timer("db_pairs"):
             covisibility.main(self.reference, paths.db_pairs, config.num_covisible, self.observations())
         with timer("db_match"):
@@ -189,11 +233,16 @@ class AachenScene:
         with timer("triangulate"):
             triangulate.main(self.reference, self.image_dir, paths.db_pairs, paths.features, paths.db_matches,
                              paths.sfm, mapper_options=triangulation_options())
-        stamp.write_text(json.dumps({"key": key}))
+        write_json(stamp, {"key": key, "parts": parts})
+
+    def query_inputs(self, name: str, retrieved: list[str], stamps: StampCache) -> str:
+        """The query image, its intrinsics and retrieval list (the model is in the step settings)."""
+        return settings_fingerprint(stamps.digest(self.image_dir / name), camera_to_fields(self.queries[name]),
+                                    retrieved)
 
     def localize(self, paths: RunPaths, retrieval: dict[str, list[str]], config: LocalizationConfig,
                  log: QueryLog) -> list[QueryResult]:
-        model = pycolmap.Reconstruction(str(paths.sfm))
+        model = load_model(paths.sfm)
         results = []
         for threshold, queries in by_threshold(self.queries, self.preset, config).items():
             localizer_config = pose_from_model.ModelLocalizationConfig(
@@ -221,20 +270,38 @@ class InLocScene:
         self.db_names = dataset.db_names
         self.queries = {name: dataset.query_camera(name) for name in dataset.query_names}
         self.source_of_3d = "cutout scans (XYZcut)"
-        self._cache: dict[str, np.ndarray] = {}
+        self._cache: dict[str, np.ndarray | None] = {}
+        self.skipped_cutouts: dict[str, str] = {}  # cutout -> why its XYZcut is unusable
 
     def db_images_needed(self, retrieval: dict[str, list[str]]) -> list[str]:
         """Only the retrieved cutouts (InLoc has about 10k)."""
         return sorted({name for names in retrieval.values() for name in names})
 
-    def prepare(self, paths: RunPaths, config: LocalizationConfig, timer: Timer) -> None:
+    def prepare(self, paths: RunPaths, config: LocalizationConfig, timer: Timer, stamps: StampCache) -> None:
         """Nothing to build: the cutouts carry their 3D."""
 
-    def cutout_points(self, name: str) -> np.ndarray:
+    def query_inputs(self, name: str, retrieved: list[str], stamps: StampCache) -> str:
+        """The query image and intrinsics, its retrieval list, and per retrieved cutout its image,
+        scan (XYZcut, by size and time: 46 MB each) and alignment file."""
+        root = self.dataset.root
+        cutouts = [(stamps.digest(root / db), stat_stamp(root / self.dataset.cutout(db).xyz_name),
+                    stamps.digest(root / self.dataset.cutout(db).transformation_name)) for db in retrieved]
+        return settings_fingerprint(stamps.digest(root / name), camera_to_fields(self.queries[name]), retrieved,
+                                    cutouts)
+
+    def cutout_points(self, name: str) -> np.ndarray | None:
+        """World points of a cutout's XYZcut; None (a counted skip, warned once) when the file is
+        unusable: another shape than its image, not numbers, not a MATLAB file."""
         if name not in self._cache:
             if len(self._cache) >= 8:  # a real XYZcut is 1600 x 1200 x 3 doubles (46 MB)
                 self._cache.pop(next(iter(self._cache)))
-            self._cache[name] = self.dataset.cutout_xyz(name, world=True)
+            try:
+                self._cache[name] = self.dataset.cutout_xyz(name, world=True)
+            except DatasetError as error:
+                if name not in self.skipped_cutouts:
+                    logger.warning("Skipping cutout %s: %s", name, error)
+                self.skipped_cutouts[name] = str(error)
+                self._cache[name] = None
         return self._cache[name]
 
     def localize(self, paths: RunPaths, retrieval: dict[str, list[str]], config: LocalizationConfig,
@@ -278,11 +345,36 @@ def by_threshold(queries: dict[str, pycolmap.Camera], preset: DatasetPreset, con
     return groups
 
 
+def dataset_hint(dataset: str, root: Path) -> str:
+    """Where a dataset comes from, and how to try the pipeline on the synthetic look-alike."""
+    if dataset == "kapture":
+        from .datasets.kapture_dataset import missing_dataset_hint
+        return missing_dataset_hint(root)
+    synthetic = Path("datasets") / f"synthetic_{dataset}"
+    return (f"download {DATASET_SOURCES[dataset]} into {root} (see datasets/README.md), or try the synthetic "
+            f"look-alike: python -m d2_sfm.datasets.synthetic --layout {dataset} --output {synthetic} && "
+            f"python -m d2_sfm.localize --dataset {dataset} --root {synthetic}")
+
+
 def open_scene(dataset: str, root: Path) -> Scene:
+    """The validated dataset; a missing dataset is one line saying where it comes from."""
     preset = PRESETS[dataset]
-    if dataset == "inloc":
-        return InLocScene(InLocDataset.from_root(root), preset)
-    return AachenScene(AachenDataset.from_root(root, "v1_1" if dataset == "aachen_v1_1" else "v1_0"), preset)
+    root = Path(root)
+    top = (root / QUERY_DIR, root / CUTOUT_DIR) if dataset == "inloc" else (root / IMAGE_DIR,)
+    top = (root / "mapping", root / "query") if dataset == "kapture" else top
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset folder not found; {dataset_hint(dataset, root)}")
+    try:
+        if dataset == "inloc":
+            return InLocScene(InLocDataset.from_root(root), preset)
+        if dataset == "kapture":  # imported here: kapture_dataset builds on AachenScene
+            from .datasets.kapture_dataset import KaptureDataset, KaptureScene
+            return KaptureScene(KaptureDataset.from_root(root), preset)
+        return AachenScene(AachenDataset.from_root(root, "v1_1" if dataset == "aachen_v1_1" else "v1_0"), preset)
+    except DatasetError as error:
+        if not all(folder.is_dir() for folder in top):
+            raise DatasetError(f"{error}; {dataset_hint(dataset, root)}") from None
+        raise
 
 
 # ----------------------------------------------------------------------------------------------
@@ -333,13 +425,21 @@ def global_retrieval(scene: Scene, paths: RunPaths, extractor: D2Extractor, conf
 
 
 def write_retrieval(path: Path, retrieval: dict[str, list[str]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{q} {r}\n" for q, refs in retrieval.items() for r in refs))
-    return path
+    """`query db` lines, replaced atomically (a kill never leaves half a list for the next run)."""
+    return write_pairs(path, [(q, r) for q, refs in retrieval.items() for r in refs])
 
 
 # ----------------------------------------------------------------------------------------------
 # The chain
+
+
+def read_step_stamp(path: Path) -> dict:
+    """The record of a finished step, {} when absent or damaged (= not finished)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def h5_attributes(path: Path) -> dict[str, str]:
@@ -372,37 +472,47 @@ def write_results(path: Path, scene: Scene, results: list[QueryResult], retrieva
     return write_poses(path, poses)
 
 
-def configure_colmap_logging(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pycolmap.logging.set_log_destination(pycolmap.logging.INFO, str(path))
-    pycolmap.logging.logtostderr = False
-    pycolmap.logging.alsologtostderr = False
-    pycolmap.logging.stderrthreshold = 2  # COLMAP errors still reach the terminal
-
-
 def main(dataset: str, root: Path | None = None, output: Path | None = None, pairs: Path | None = None,
          config: LocalizationConfig = LocalizationConfig(), weights: str | None = None,
          ground_truth: Path | None = None, device: str = "cpu", extractor: D2Extractor | None = None) -> Path:
-    """Localize every query of `dataset` at `root`; returns the results file (summary.json beside it)."""
+    """Localize every query of `dataset` at `root`; returns the results file (summary.json beside it).
+
+    Every input (dataset files, the pairs file, the ground truth) is read and checked before any
+    feature is computed; the output folder is locked for the whole run (a second run into it
+    fails at once), and COLMAP's log goes to OUT/colmap.log only while this runs."""
     if dataset not in PRESETS:
         raise LocalizationError(f"unknown dataset {dataset!r}: expected one of {', '.join(PRESETS)}")
     preset = PRESETS[dataset]
     root = Path(root or preset.root)
     paths = RunPaths(Path(output or Path("outputs") / dataset))
-    timer = Timer()
-    start = time.time()
     scene = open_scene(dataset, root)
-    configure_colmap_logging(paths.colmap_log)
     k = config.num_retrieved or preset.num_retrieved
+    listed_pairs = read_retrieval_pairs(pairs) if pairs is not None else None
+    if ground_truth is None and (root / SYNTHETIC_GROUND_TRUTH).is_file():
+        ground_truth = root / SYNTHETIC_GROUND_TRUTH
+    truth = read_poses(ground_truth) if ground_truth is not None else None
+    if truth is None and getattr(scene, "ground_truth", None):  # kapture: query/sensors/trajectories.txt
+        ground_truth, truth = scene.ground_truth_file, scene.ground_truth
+    retrieval = (top_k_retrieval(listed_pairs, list(scene.queries), scene.db_names, k, pairs)
+                 if listed_pairs is not None else None)
     if extractor is None:
         extractor = D2Extractor(weights, config.extraction, device)
     config = replace(config, extraction=extractor.config)  # a given extractor brings its own settings
+    with output_lock(paths.output), colmap_log_to(paths.colmap_log):
+        return run(scene, dataset, root, paths, pairs, retrieval, k, config, extractor, ground_truth, truth)
 
+
+def run(scene: Scene, dataset: str, root: Path, paths: RunPaths, pairs: Path | None,
+        retrieval: dict[str, list[str]] | None, k: int, config: LocalizationConfig, extractor: D2Extractor,
+        ground_truth: Path | None, truth: dict[str, pycolmap.Rigid3d] | None) -> Path:
+    """The five steps on validated inputs, in the locked output folder."""
+    preset = scene.preset
+    timer = Timer()
+    start = time.time()
+    stamps = StampCache(paths.input_stamps)
     logger.info("[1/5] Retrieval pairs")
     with timer("retrieval"):
-        if pairs is not None:
-            retrieval = top_k_retrieval(read_retrieval_pairs(pairs), list(scene.queries), scene.db_names, k, pairs)
-        else:
+        if retrieval is None:
             retrieval = global_retrieval(scene, paths, extractor, config.retrieval, k)
         write_retrieval(paths.query_pairs, retrieval)
     db_needed = scene.db_images_needed(retrieval)
@@ -416,7 +526,8 @@ def main(dataset: str, root: Path | None = None, output: Path | None = None, pai
                                 + "; ".join(f"{n}: {r}" for n, r in list(extraction.failed.items())[:3]))
 
     logger.info("[3/5] 3D: %s", scene.source_of_3d)
-    scene.prepare(paths, config, timer)
+    scene.prepare(paths, config, timer, stamps)
+    stamps.save()
 
     logger.info("[4/5] Matching queries with their retrieved images")
     with timer("query_match"):
@@ -424,22 +535,23 @@ def main(dataset: str, root: Path | None = None, output: Path | None = None, pai
 
     logger.info("[5/5] Pose estimation")
     settings = {"config": config.as_dict(), "weights": extractor.weights.sha256, "dataset": dataset,
-                "pairs": file_fingerprint(paths.query_pairs), "sfm": file_fingerprint(paths.sfm / STEP_STAMP)
-                if (paths.sfm / STEP_STAMP).exists() else None}
+                "sfm": file_fingerprint(paths.sfm / STEP_STAMP) if (paths.sfm / STEP_STAMP).exists() else None}
+    inputs = {name: scene.query_inputs(name, retrieval.get(name, []), stamps) for name in scene.queries}
+    stamps.save()
     with timer("localize"):
-        log = QueryLog(paths.pose_log, settings)
+        log = QueryLog(paths.pose_log, settings, inputs)
         results = scene.localize(paths, retrieval, config, log)
     results_file = write_results(results_path(paths.output, preset, config, pairs, k), scene, results, retrieval)
 
     report = None
-    ground_truth = ground_truth or (root / SYNTHETIC_GROUND_TRUTH if (root / SYNTHETIC_GROUND_TRUTH).is_file() else None)
-    if ground_truth is not None:
-        report = evaluate.evaluate(read_poses(results_file), read_poses(ground_truth),
-                                   evaluate.THRESHOLDS[preset.thresholds], scene.evaluation_groups(retrieval))
+    if truth is not None:
+        report = evaluate.evaluate(read_poses(results_file), truth, evaluate.THRESHOLDS[preset.thresholds],
+                                   scene.evaluation_groups(retrieval))
         logger.info("Recall against %s:\n%s", ground_truth, evaluate.format_report(report))
     timer.seconds["total"] = round(time.time() - start, 3)
     write_summary(paths, dataset, root, results_file, scene, results, config, extractor, pairs, k, timer,
                   ground_truth, report)
+    write_report_or_warn(paths.output)
     localized = sum(r.success for r in results)
     logger.info("Localized %d of %d queries; results in %s", localized, len(results), results_file)
     return results_file
@@ -460,6 +572,7 @@ def write_summary(paths: RunPaths, dataset: str, root: Path, results_file: Path,
         "num_queries": len(results),
         "num_localized": sum(r.success for r in results),
         "failures": {r.name: r.failure for r in results if not r.success},
+        "skipped_database_images": {db: reason for r in results for db, reason in r.skipped_db.items()},
         "queries": [r.to_json() for r in results],
         "timings_s": timer.seconds,
         "ground_truth": str(ground_truth) if ground_truth else None,
@@ -477,7 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m d2_sfm.localize", description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", choices=sorted(PRESETS), required=True)
     parser.add_argument("--root", type=Path, help="dataset folder (default: datasets/aachen, "
-                                                  "datasets/aachen_v1.1 or datasets/inloc)")
+                                                  "datasets/aachen_v1.1, datasets/inloc or datasets/kapture; "
+                                                  "kapture: mapping/ and query/ kapture folders)")
     parser.add_argument("--output", type=Path, help="output folder (default: outputs/<dataset>)")
     parser.add_argument("--pairs", type=Path, help="retrieval pairs 'query db' per line, best first (e.g. "
                                                    "hloc's pairs-query-netvlad50.txt); default: our GeM retrieval")

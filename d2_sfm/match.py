@@ -19,6 +19,7 @@ from tqdm import tqdm
 from .cli import run_cli
 from .errors import D2SfmError
 from .fingerprint import settings_fingerprint
+from .formats_d2net import import_d2net_if_changed
 from .h5io import (H5_SUFFIXES, MATCHER, H5FormatError, atomic_h5, current_file, file_attributes, match_records,
                    names_to_pair, open_h5, prune_incomplete, remove_h5_output, stored_feature_id, write_matches)
 from .locking import output_lock
@@ -169,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m d2_sfm.match", description=__doc__.split("\n")[1])
     parser.add_argument("--pairs", type=Path, required=True, help="pairs file, 'name0 name1' per line")
     parser.add_argument("--features", type=Path, required=True, help="features HDF5 (hloc format)")
+    parser.add_argument("--import-d2net", type=Path, metavar="IMAGES",
+                        help="first convert the official <image>.d2-net files of the pairs' images, next to "
+                             "the images in this folder, into --features (once; again only when they change)")
     parser.add_argument("--output", type=Path, required=True, help="matches HDF5 to write (hloc format)")
     parser.add_argument("--ratio-threshold", type=float, default=default.ratio_threshold)
     parser.add_argument("--distance-threshold", type=float, default=default.distance_threshold)
@@ -187,6 +191,9 @@ def config_from_args(args: argparse.Namespace) -> MatcherConfig:
 
 def cli(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.import_d2net is not None:
+        names = sorted({name for pair in read_pairs(args.pairs) for name in pair})
+        import_d2net_if_changed(args.import_d2net, names, args.features)
     main(args.pairs, args.features, args.output, config_from_args(args), args.device, args.overwrite)
     return 0
 

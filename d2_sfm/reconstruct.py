@@ -43,6 +43,7 @@ from tqdm import tqdm
 from .fingerprint import file_fingerprint, settings_fingerprint
 from . import colmap_db, extract, match, pairs
 from .atomic import write_json
+from .colmap_log import colmap_log_to
 from .alignment import PoseErrors, align_and_compare, model_poses, read_ground_truth_file, relative_rotation_errors
 from .cli import add_extraction_arguments, extraction_config_from_args, run_cli
 from .colmap_db import CameraConfig, PairStats, VerificationConfig
@@ -55,6 +56,8 @@ from .weights import resolve as resolve_weights
 from .images import ImageListing, list_images, list_images_report
 from .matching import MatcherConfig
 from .pairs import PairsConfig
+from .report import write_report_or_warn
+from .formats_d2net import IMPORTED_WEIGHTS, d2net_path, import_d2net_npz
 from .visualize import save_overview
 
 logger = logging.getLogger(__name__)
@@ -116,9 +119,11 @@ class ReconstructionConfig:
     mapper: MapperConfig = MapperConfig()
     reliability: ReliabilityConfig = ReliabilityConfig()
     device: str = "cpu"
+    import_d2net: bool = False  # features from the official <image>.d2-net files next to the images
 
     def settings(self) -> dict[str, object]:
-        return {"weights": self.weights, "extraction": self.extraction.as_attributes(),
+        return {"weights": self.weights, "import_d2net": self.import_d2net,
+                "extraction": self.extraction.as_attributes(),
                 "pairs": self.pairs.as_dict(), "pairs_file": str(self.pairs_file) if self.pairs_file else None,
                 "matcher": asdict(self.matcher), "camera": self.camera.as_dict(),
                 "verification": self.verification.as_dict(), "mapper": self.mapper.as_dict(),
@@ -140,6 +145,7 @@ class OutputLayout:
     ply = property(lambda self: self.root / "points.ply")
     summary = property(lambda self: self.root / "summary.json")
     overview = property(lambda self: self.root / "overview.png")
+    report = property(lambda self: self.root / "report.html")
     steps = property(lambda self: self.root / "steps.json")
     log = property(lambda self: self.root / "colmap.log")
 
@@ -152,7 +158,7 @@ class OutputLayout:
         """Everything this pipeline writes (and --overwrite removes); nothing else in OUT is touched."""
         files = [self.features, self.global_features, self.pairs, self.matches, self.database, self.pair_stats,
                  self.models, self.root / "models_check", self.sfm, self.ply, self.summary, self.overview,
-                 self.steps, self.log]
+                 self.report, self.steps, self.log]
         return files + [f.with_name(f.name + ".partial") for f in files]
 
 
@@ -366,9 +372,18 @@ def camera_warnings(camera: pycolmap.Camera, prior: pycolmap.Camera | None, sour
     return warnings
 
 
-def initial_cameras(database: Path) -> dict[int, pycolmap.Camera]:
+def initial_cameras(database: Path) -> dict[str, dict[str, object]]:
+    """The database's cameras before mapping (the priors), as JSON for the step log: read once
+    when the database is built, since opening it again with pycolmap would modify the file."""
     with pycolmap.Database.open(str(database)) as db:
-        return {camera.camera_id: camera for camera in db.read_all_cameras()}
+        return {str(camera.camera_id): {"model": camera.model.name, "width": camera.width, "height": camera.height,
+                                        "params": [float(v) for v in camera.params]}
+                for camera in db.read_all_cameras()}
+
+
+def cameras_from_json(cameras: dict[str, dict[str, object]]) -> dict[int, pycolmap.Camera]:
+    return {int(camera_id): pycolmap.Camera(model=c["model"], width=c["width"], height=c["height"], params=c["params"])
+            for camera_id, c in cameras.items()}
 
 
 def model_statistics(reconstruction: pycolmap.Reconstruction) -> dict[str, object]:
@@ -487,6 +502,10 @@ class Pipeline:
         return sorted(self._listing.names)
 
     def extract(self, resume: bool) -> tuple[dict, dict]:
+        if self.config.import_d2net:
+            start = time.time()
+            import_d2net_npz(self.image_dir, self.listed_images(), self.out.features, overwrite=True)
+            return {"extract": time.time() - start}, {"failed": {}, "weights": {"name": IMPORTED_WEIGHTS, "sha256": ""}}
         summary = extract.main(self.image_dir, self.out.features, self.listed_images(), self.config.weights,
                                self.config.extraction, device=self.config.device, extractor=self.extractor())
         return {"extract": summary.seconds}, {"failed": summary.failed, "feature_warnings": summary.warnings,
@@ -510,7 +529,8 @@ class Pipeline:
         summary = colmap_db.main(self.out.database, self.image_dir, self.out.pairs, self.out.features,
                                  self.out.matches, self.config.camera, self.config.verification,
                                  self.config.mapper.num_threads)
-        return summary.timings, {"camera_sources": summary.camera_sources, "known_camera_ids": summary.known_camera_ids}
+        return summary.timings, {"camera_sources": summary.camera_sources, "known_camera_ids": summary.known_camera_ids,
+                                 "initial_cameras": initial_cameras(self.out.database)}
 
     def map(self, resume: bool) -> tuple[dict, dict]:
         start = time.time()
@@ -549,14 +569,18 @@ class Pipeline:
     # -- the chain
 
     def run(self) -> ReconstructionSummary:
-        colmap_db.log_colmap_to(self.out.log)
+        with colmap_log_to(self.out.log):
+            return self.run_steps()
+
+    def run_steps(self) -> ReconstructionSummary:
         listed = self.listed_images()
         if len(listed) < 2:
             raise ReconstructionError(too_few_images_message(self.image_dir, listed, [], {}))
         config = self.config
+        inputs = [d2net_path(self.image_dir, n) for n in listed] if config.import_d2net else listed
         self.run_step("extract", settings_fingerprint(
-            config.weights, config.extraction.as_attributes(), image_files_key(self.image_dir, listed)),
-            self.extract, 1)
+            "import .d2-net" if config.import_d2net else (config.weights, config.extraction.as_attributes()),
+            image_files_key(self.image_dir, inputs)), self.extract, 1)
         failed = self.log.get("extract", "failed", {})
         available = set(list_h5_names(self.out.features))
         self.names = [n for n in listed if n in available]
@@ -586,7 +610,8 @@ class Pipeline:
         reconstruction = pycolmap.Reconstruction(str(self.out.sfm))
         stats = colmap_db.read_pair_stats(self.out.pair_stats)
         assessment = assess_model(reconstruction, stats, self.log.get("database", "camera_sources", {}),
-                                  initial_cameras(self.out.database), len(listed), self.config.reliability)
+                                  cameras_from_json(self.log.get("database", "initial_cameras", {})), len(listed),
+                                  self.config.reliability)
         data: dict[str, object] = {"status": assessment.status, "images": str(self.image_dir),
                                    "num_images": len(listed), "num_with_features": len(self.names)}
         data.update(model_statistics(reconstruction))
@@ -617,6 +642,7 @@ class Pipeline:
         data["settings"] = self.config.settings()
         data["versions"] = {"pycolmap": pycolmap.__version__, "torch": torch.__version__}
         write_json(self.out.summary, data)
+        write_report_or_warn(self.out.root)
         return ReconstructionSummary(self.out.root, data, reconstruction)
 
 
@@ -668,7 +694,8 @@ def validate_inputs(image_dir: Path, config: ReconstructionConfig, image_list: l
     weights, a pairs file, known intrinsics."""
     names = image_list or list_images(image_dir)
     check_pair_key_collisions(names, str(image_dir))
-    resolve_weights(config.weights, validate=True)
+    if not config.import_d2net or config.pairs.mode == "retrieval":
+        resolve_weights(config.weights, validate=True)
     if config.pairs_file is not None:
         pairs.validated_user_pairs(config.pairs_file, None)
     if config.camera.intrinsics_file is not None:
@@ -730,6 +757,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--refine-known-intrinsics", action="store_true",
                        help="let bundle adjustment refine intrinsics given by --camera-params/--intrinsics")
     group.add_argument("--num-threads", type=int, default=default.mapper.num_threads)
+    parser.add_argument("--import-d2net", action="store_true",
+                        help="use the official <image>.d2-net feature files next to the images (converted once "
+                             "into OUT/features.h5) instead of extracting features")
     add_extraction_arguments(parser)
     colmap_db.add_camera_arguments(parser)
     colmap_db.add_verification_arguments(parser)
@@ -746,7 +776,7 @@ def config_from_args(args: argparse.Namespace) -> ReconstructionConfig:
         verification=colmap_db.verification_config_from_args(args),
         mapper=replace(default.mapper, refine_known_intrinsics=args.refine_known_intrinsics,
                        num_threads=args.num_threads),
-        device=args.device)
+        device=args.device, import_d2net=args.import_d2net)
 
 
 def cli(argv: list[str] | None = None) -> int:

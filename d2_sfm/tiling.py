@@ -91,26 +91,32 @@ def use_mkldnn(device: torch.device) -> bool:
 class DenseNetwork:
     """The dense-map function used for extraction: (1, 3, H, W) -> (1, C, H//4 - 1, W//4 - 1) float32.
 
-    On CPU the activations stay in oneDNN's blocked layout between layers (no re-ordering at
-    every convolution; same kernels, hence the same numbers as a plain call), and large images
-    are processed in tiles of `tile_size` px. The weights are read from `model` at every call,
-    so later `load_state_dict` calls on it take effect. `half=True` (CUDA only) runs the network
-    in float16 autocast with channels-last activations: faster on tensor cores, not bit-exact.
+    `precision` (resolved, see extractor.PRECISIONS): fp32 on CPU keeps the activations in oneDNN's
+    blocked layout between layers (no re-ordering at every convolution; same kernels, hence the
+    same numbers as a plain call) and on CUDA disables TF32, so GPU output matches CPU fp32 as
+    closely as the hardware allows; bf16 (CPU) and fp16 (CUDA) autocast with channels-last
+    activations; tf32 allows TF32 convolutions on CUDA. Large images are processed in tiles of
+    `tile_size` px (None: whole images, e.g. on GPUs). The weights are read from `model` at every
+    call, so later `load_state_dict` calls on it take effect.
     """
 
-    def __init__(self, model: nn.Module, tile_size: int | None = None, half: bool = False) -> None:
+    def __init__(self, model: nn.Module, tile_size: int | None = None, precision: str = "fp32") -> None:
         self.model = model
         self.tile_size = tile_size
-        self.half = half
+        self.precision = precision
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         return dense_features_tiled(self.forward, image, self.tile_size)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        if self.half and image.is_cuda:
-            with torch.autocast("cuda", dtype=torch.float16):
+        if self.precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            with torch.autocast(image.device.type, dtype=dtype):
                 dense = self.model(image.contiguous(memory_format=torch.channels_last))
             return dense.float().contiguous()
+        if image.is_cuda:
+            with torch.backends.cudnn.flags(enabled=True, allow_tf32=self.precision == "tf32"):
+                return self.model(image)
         if use_mkldnn(image.device) and image.dtype == torch.float32 and not torch.is_grad_enabled():
             return self.model(image.to_mkldnn()).to_dense()
         return self.model(image)

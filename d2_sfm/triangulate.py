@@ -37,6 +37,7 @@ from .colmap_db import COLMAP_PIXEL_OFFSET, VerificationConfig
 from .errors import D2SfmError
 from .h5io import list_h5_names
 from .atomic import atomic_path
+from .colmap_log import colmap_log_to
 from .locking import output_lock
 from .match import read_pairs, unique_pairs
 
@@ -197,8 +198,8 @@ def cli(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = TriangulationConfig(verification=args.verification, max_epipolar_error=args.max_epipolar_error,
                                  min_match_score=args.min_match_score)
-    colmap_db.log_colmap_to(args.output / "colmap.log")
-    main(args.reference, args.images, args.pairs, args.features, args.matches, args.output, config)
+    with colmap_log_to(args.output / "colmap.log"):
+        main(args.reference, args.images, args.pairs, args.features, args.matches, args.output, config)
     return 0
 
 

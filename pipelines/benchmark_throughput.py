@@ -4,10 +4,14 @@
       [--weights hed_vgg16] [--count 40] [--workers 4] [--tile-size 0]
 
 Images are decoded and resized in `--workers` background threads while the network runs. For
-single and multi-scale it times three numeric variants over the same `--count` images (cycling
-through the folder), after one warm-up image: fp32 (TF32 off: plain float32), tf32 (PyTorch's
-cuDNN default on Ampere and later), and fp16 (autocast, channels-last). For the non-fp32 variants
-it reports the share of fp32 keypoints found again within 1 px at the same scale.
+single and multi-scale it times the numeric variants of `--precision` (d2_sfm.extractor.PRECISIONS)
+over the same `--count` images (cycling through the folder), after one warm-up image: on a GPU
+fp32 (TF32 off), tf32 and fp16 (autocast, channels-last); on a CPU fp32 (oneDNN) and bf16
+(autocast, channels-last). For the non-fp32 variants it reports the share of fp32 keypoints found
+again within 1 px at the same scale: the measurement behind `--precision auto`.
+
+  python pipelines/benchmark_throughput.py --images ../shared/data/sfm/kermit --device cpu \
+      --max-edge 640 --count 11 --workers 1 --tile-size 1600
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from d2_sfm.extractor import D2Extractor, ExtractionConfig  # noqa: E402
 from d2_sfm.images import list_images, read_image, resize, resized_size  # noqa: E402
 from d2_sfm.tiling import DenseNetwork  # noqa: E402
 
-VARIANTS = ("fp32", "tf32", "fp16")
+VARIANTS = {"cuda": ("fp32", "tf32", "fp16"), "cpu": ("fp32", "bf16")}
 
 
 def decoded(path: Path, max_edge: int) -> np.ndarray:
@@ -37,10 +41,7 @@ def decoded(path: Path, max_edge: int) -> np.ndarray:
 
 
 def set_variant(extractor: D2Extractor, variant: str, tile_size: int | None) -> None:
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = variant == "tf32"
-    if variant == "fp16":
-        extractor.model.to(memory_format=torch.channels_last)
-    extractor.network = DenseNetwork(extractor.model, tile_size, half=variant == "fp16")
+    extractor.network = DenseNetwork(extractor.model, tile_size, variant)
 
 
 def run(extractor: D2Extractor, paths: list[Path], max_edge: int, workers: int) -> tuple[float, list]:
@@ -81,7 +82,7 @@ def main(args: argparse.Namespace) -> None:
         config = ExtractionConfig(multiscale=multiscale, max_edge=None, max_sum_edges=None, tile_size=tile_size)
         extractor = D2Extractor(args.weights, config, device=args.device)
         reference = None
-        for variant in VARIANTS:
+        for variant in VARIANTS[torch.device(args.device).type]:
             set_variant(extractor, variant, tile_size)
             run(extractor, paths[:1], args.max_edge, args.workers)  # warm-up (cuDNN plans, allocator)
             seconds, keypoints = run(extractor, paths, args.max_edge, args.workers)

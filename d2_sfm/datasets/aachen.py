@@ -18,6 +18,7 @@ file it comes from.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ import numpy as np
 import pycolmap
 import scipy.sparse
 
+from ..colmap_model import read_model
 from . import DatasetError
 from .formats import checked_name, read_intrinsics_list, read_nvm, require_file
 
@@ -68,15 +70,28 @@ class DatabaseImage:
     camera_id: int
 
 
+def read_only_uri(path: Path) -> str:
+    """SQLite URI opening `path` strictly read-only and immutable: no lock, journal, -wal or -shm
+    file is created and nothing in the user's dataset folder changes. The path is percent-quoted
+    (as_uri), so spaces, '?' and '#' in folder names are taken literally."""
+    return Path(path).absolute().as_uri() + "?mode=ro&immutable=1"
+
+
 def read_database_ids(path: Path) -> dict[str, tuple[int, int]]:
-    """{name: (image_id, camera_id)} from the images table of a COLMAP database."""
+    """{name: (image_id, camera_id)} from the images table of a COLMAP database (read-only)."""
     path = require_file(path, "a COLMAP database (SQLite) with an images table")
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+        # `with connection` only ends a transaction; closing() really closes the file
+        with contextlib.closing(sqlite3.connect(read_only_uri(path), uri=True)) as connection:
             rows = connection.execute("SELECT name, image_id, camera_id FROM images").fetchall()
-    except sqlite3.DatabaseError as error:
+    except sqlite3.Error as error:
         raise DatasetError(f"{path}: not a COLMAP database with an images table ({error})") from None
-    return {name: (int(image_id), int(camera_id)) for name, image_id, camera_id in rows}
+    ids: dict[str, tuple[int, int]] = {}
+    for name, image_id, camera_id in rows:
+        if not isinstance(name, str) or not isinstance(image_id, int) or not isinstance(camera_id, int):
+            raise DatasetError(f"{path}: images table row {name!r} has a non-text name or non-integer ids")
+        ids[name] = (image_id, camera_id)
+    return ids
 
 
 def read_query_lists(root: Path) -> tuple[QueryCamera, ...]:
@@ -122,10 +137,7 @@ def database_images_v1_1(root: Path) -> tuple[DatabaseImage, ...]:
     model_dir = root / MODEL_V1_1_DIR
     if not any((model_dir / f"images{ext}").is_file() for ext in (".bin", ".txt")):
         raise DatasetError(f"{model_dir}: expected a COLMAP model (cameras, images, points3D .bin or .txt)")
-    try:
-        model = pycolmap.Reconstruction(str(model_dir))
-    except Exception as error:  # pycolmap raises plain RuntimeError / ValueError on bad files
-        raise DatasetError(f"{model_dir}: cannot read the COLMAP model ({error})") from None
+    model = read_model(model_dir, DatasetError)  # validated first: a truncated file is one named error
     images = []
     for image_id in sorted(model.images):
         image = model.images[image_id]
@@ -227,7 +239,7 @@ def reconstruction_from_images(images: tuple[DatabaseImage, ...]) -> pycolmap.Re
 
 def model_track_indices(model_dir: Path, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(point index, image index into `names`) of every track element of a COLMAP model."""
-    model = pycolmap.Reconstruction(str(model_dir))
+    model = read_model(model_dir, DatasetError)
     index_of = {model.images[i].image_id: names.index(model.images[i].name) for i in model.images}
     point_index, image_index = [], []
     for k, point in enumerate(model.points3D.values()):

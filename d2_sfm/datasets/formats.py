@@ -20,6 +20,7 @@ import numpy as np
 import pycolmap
 
 from ..paths import UnsafePathError, safe_relative_name
+from ..textfiles import read_text
 from . import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -49,11 +50,11 @@ def require_file(path: Path, what: str) -> Path:
 def data_lines(path: Path, what: str, comments: bool = True) -> Iterator[tuple[str, list[str]]]:
     """(`file:line`, whitespace-split fields) of every non-blank, non-comment line of `path`."""
     path = require_file(path, what)
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            stripped = line.strip()
-            if stripped and not (comments and stripped.startswith("#")):
-                yield f"{path}:{lineno}", stripped.split()
+    # strict UTF-8 (one line naming file and line otherwise), size-capped, no NUL bytes
+    for lineno, line in enumerate(read_text(path, what).split("\n"), start=1):
+        stripped = line.strip()
+        if stripped and not (comments and stripped.startswith("#")):
+            yield f"{path}:{lineno}", stripped.split()
 
 
 def parse_floats(fields: Sequence[str], where: str, what: str) -> np.ndarray:
@@ -190,7 +191,9 @@ def write_poses(path: Path, poses: Mapping[str, pycolmap.Rigid3d]) -> Path:
         lines.append(" ".join([name, *map(num, q), *map(num, t)]) + "\n")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(lines))
+    partial = path.with_name(path.name + ".partial")  # replaced atomically: never a half-written results file
+    partial.write_text("".join(lines))
+    partial.replace(path)
     return path
 
 

@@ -27,6 +27,7 @@ import pycolmap
 import scipy.io
 
 from . import DatasetError
+from ..textfiles import read_text
 from .formats import checked_name, data_lines, require_file
 
 logger = logging.getLogger(__name__)
@@ -114,17 +115,35 @@ def cutout_name(floor: str, scan_id: str, building: str, yaw: int, pitch: int) -
 
 
 def read_xyzcut(path: Path) -> np.ndarray:
-    """XYZcut (H, W, 3) float64 of a cutout `.jpg.mat` file (scan frame, NaN = no point)."""
+    """XYZcut (H, W, 3) float64 of a cutout `.jpg.mat` file (scan frame, NaN = no point).
+
+    Anything else (a missing variable, another shape, text, complex or object data, an empty
+    scan) is a DatasetError naming the file: never a traceback or silently wrong 3D points."""
     path = require_file(path, "a cutout .mat file with the variable XYZcut")
     try:
         content = scipy.io.loadmat(str(path), variable_names=["XYZcut"])
     except Exception as error:  # scipy raises MatReadError, ValueError, IndexError... on bad files
-        raise DatasetError(f"{path}: not a readable MATLAB file ({error})") from None
+        raise DatasetError(f"{path}: not a readable MATLAB file ({type(error).__name__}: "
+                           f"{str(error).splitlines()[0] if str(error) else 'unreadable'})") from None
     xyz = content.get("XYZcut")
-    if xyz is None or xyz.ndim != 3 or xyz.shape[2] != 3:
+    if not isinstance(xyz, np.ndarray) or xyz.ndim != 3 or xyz.shape[2] != 3 or 0 in xyz.shape:
         raise DatasetError(f"{path}: expected a variable XYZcut of shape (H, W, 3), got "
-                           f"{None if xyz is None else xyz.shape}")
+                           f"{'none' if xyz is None else getattr(xyz, 'shape', type(xyz).__name__)}")
+    if xyz.dtype.kind not in "fiub":
+        raise DatasetError(f"{path}: XYZcut must hold real numbers, got dtype {xyz.dtype}")
     return xyz.astype(np.float64, copy=False)
+
+
+def check_xyzcut_size(xyz: np.ndarray, image_size: tuple[int, int], path: Path) -> None:
+    """An XYZcut must cover its cutout: the same size, or a uniformly scaled copy (same aspect
+    ratio up to rounding). A transposed or foreign scan would give wrong 3D points silently."""
+    width, height = image_size
+    scan_height, scan_width = xyz.shape[:2]
+    if (scan_width, scan_height) == (width, height):
+        return
+    if abs(scan_width * height - scan_height * width) > max(width, height):
+        raise DatasetError(f"{path}: XYZcut is {scan_width} x {scan_height} (W x H) but its cutout image is "
+                           f"{width} x {height}: not the same view")
 
 
 def write_xyzcut(path: Path, xyz: np.ndarray) -> Path:
@@ -170,7 +189,7 @@ def read_transformations(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(P_before_GICP, P_after_GICP), each 4x4 world_from_scan, from lines 1-4 and 7-10
     (0-based; hloc's localize_inloc reads lines 7-10)."""
     path = require_file(path, "an InLoc alignment file ('Before general icp:' / 'After general icp:')")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_text(path, "an InLoc alignment file").splitlines()
     if len(lines) < 11:
         raise DatasetError(f"{path}: expected at least 11 lines (two labelled 4x4 matrices), got {len(lines)}")
     for index, label in TRANSFORM_LABELS.items():
@@ -271,7 +290,9 @@ class InLocDataset:
 
     def cutout_xyz(self, name: str, world: bool = False) -> np.ndarray:
         """XYZcut of a cutout (scan frame), or transformed to world coordinates."""
-        xyz = read_xyzcut(self.root / self.cutout(name).xyz_name)
+        cutout = self.cutout(name)
+        xyz = read_xyzcut(self.root / cutout.xyz_name)
+        check_xyzcut_size(xyz, image_size(self.root / cutout.name), self.root / cutout.xyz_name)
         if not world:
             return xyz
         pose = self.scan_pose(name)
@@ -281,5 +302,5 @@ class InLocDataset:
 def check_cutout_files(root: Path, cutouts: tuple[Cutout, ...]) -> None:
     for cutout in cutouts:
         require_file(root / cutout.xyz_name, f"the XYZcut .mat file of {cutout.name}")
-    for transformation in sorted({c.transformation_name for c in cutouts}):
-        require_file(root / transformation, "the scan alignment ('After general icp:' 4x4 matrix)")
+    for transformation in sorted({c.transformation_name for c in cutouts}):  # a few hundred small files:
+        read_transformations(root / transformation)  # parsed now, not after minutes of extraction

@@ -11,6 +11,8 @@ Modules (each a step with a `main()`, imported on demand):
 - `pose_from_cutouts`: 2D-3D matches through the cutouts' per-pixel `XYZcut` scans (InLoc; like
   hloc localize_inloc).
 - `evaluate`: share of queries within the benchmark's (position, rotation) thresholds.
+- `inputs`: content digests of dataset files and images (cached FileStamps), so a resume
+  redoes exactly the model or the queries whose inputs changed.
 
 Pixel conventions where coordinates cross a boundary: keypoints in the features HDF5 follow
 D2-Net / hloc (integer = pixel centre); pycolmap cameras follow COLMAP (the centre of the top-left

@@ -95,6 +95,7 @@ class QueryResult:
     db_used: list[str] = field(default_factory=list)  # retrieved images that gave correspondences
     failure: str | None = None  # why there is no pose
     seconds: float = 0.0
+    skipped_db: dict[str, str] = field(default_factory=dict)  # retrieved images left out, and why
 
     @property
     def success(self) -> bool:
@@ -107,14 +108,15 @@ class QueryResult:
             pose = {"qvec_wxyz": qvec.tolist(), "tvec": tvec.tolist()}
         return {"name": self.name, "cam_from_world": pose, "num_inliers": self.num_inliers,
                 "num_correspondences": self.num_correspondences, "num_retrieved": self.num_retrieved,
-                "db_used": self.db_used, "failure": self.failure, "seconds": round(self.seconds, 4)}
+                "db_used": self.db_used, "failure": self.failure, "seconds": round(self.seconds, 4),
+                "skipped_db": self.skipped_db}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "QueryResult":
         pose = data.get("cam_from_world")
         return cls(data["name"], pose and rigid_from_qt(pose["qvec_wxyz"], pose["tvec"]),
                    data["num_inliers"], data["num_correspondences"], data["num_retrieved"],
-                   list(data["db_used"]), data["failure"], data["seconds"])
+                   list(data["db_used"]), data["failure"], data["seconds"], dict(data.get("skipped_db") or {}))
 
 
 def results_name(name: str) -> str:
@@ -153,45 +155,68 @@ def write_json(path: Path, data: dict[str, Any]) -> Path:
 class QueryLog:
     """Per-query results appended to a JSON-lines file, so that an interrupted pose step resumes.
 
-    The first line holds the settings; a log written with other settings is discarded.
+    The first line holds the settings; a log written with other settings is discarded. Each
+    result line also records `inputs`, the fingerprint of what that query was computed from (its
+    image, intrinsics, retrieval list, the 3D it used): a result whose inputs changed since is
+    not reused, so a resume redoes exactly the changed queries.
     """
 
-    def __init__(self, path: Path, settings: dict[str, Any]):
+    def __init__(self, path: Path, settings: dict[str, Any], inputs: dict[str, str] | None = None):
         self.path = Path(path)
         self.settings = json.loads(json.dumps(settings, default=str))
-        self.done: dict[str, QueryResult] = self._read()
-        if not self.done:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps({"settings": self.settings}) + "\n")
+        self.inputs = dict(inputs or {})
+        self.changed: list[str] = []  # queries whose logged result is stale
+        self.done, clean = self._read()
+        if not clean:
+            self._rewrite(list(self.done.values()))
+        if self.changed:
+            logger.info("%d queries changed since %s was written (image, intrinsics, retrieval or 3D): "
+                        "localizing them again, e.g. %s", len(self.changed), self.path, self.changed[0])
 
-    def _read(self) -> dict[str, QueryResult]:
+    def _rewrite(self, results: list[QueryResult]) -> None:
+        """The header and `results`, atomically (a kill leaves the old or the new log)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        lines = [json.dumps({"settings": self.settings})] + [self._line(r) for r in results]
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.replace(self.path)
+
+    def _line(self, result: QueryResult) -> str:
+        return json.dumps({**result.to_json(), "inputs": self.inputs.get(result.name)})
+
+    def _read(self) -> tuple[dict[str, QueryResult], bool]:
+        """(reusable results, whether the file is exactly header + those results)."""
         if not self.path.exists():
-            return {}
-        lines = self.path.read_text().splitlines()
+            return {}, False
+        text = self.path.read_bytes().decode("utf-8", errors="replace")
+        lines = text.splitlines()
         try:
             header = json.loads(lines[0]) if lines else {}
         except json.JSONDecodeError:
             header = {}
-        if header.get("settings") != self.settings:
+        if not isinstance(header, dict) or header.get("settings") != self.settings:
             if lines:
                 logger.info("Settings changed since %s was written: estimating all poses again", self.path)
-            return {}
+            return {}, False
         done: dict[str, QueryResult] = {}
-        for line in lines[1:]:
+        for number, line in enumerate(lines[1:], start=2):
             try:
-                result = QueryResult.from_json(json.loads(line))
-            except (json.JSONDecodeError, KeyError, TypeError):
+                data = json.loads(line)
+                result = QueryResult.from_json(data)
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
                 # a line cut by a crash ends the usable part of the log
-                logger.warning("Ignoring the damaged end of %s", self.path)
-                self.path.write_text("\n".join(lines[:1 + len(done)]) + "\n")
-                break
+                logger.warning("Ignoring the damaged end of %s (from line %d)", self.path, number)
+                return done, False
+            if data.get("inputs") != self.inputs.get(result.name):
+                self.changed.append(result.name)
+                continue
             done[result.name] = result
-        return done
+        return done, not self.changed and text.endswith("\n")
 
     def add(self, result: QueryResult) -> None:
         self.done[result.name] = result
         with open(self.path, "a") as f:
-            f.write(json.dumps(result.to_json()) + "\n")
+            f.write(self._line(result) + "\n")
 
 
 class QueryLocalizer(Protocol):

@@ -30,8 +30,9 @@ from .estimation import (PoseEstimationConfig, QueryLog, QueryResult, colmap_poi
 
 logger = logging.getLogger(__name__)
 
-# name of a cutout -> its per-pixel world points (H, W, 3) float, NaN where unknown
-CutoutPoints = Callable[[str], np.ndarray]
+# name of a cutout -> its per-pixel world points (H, W, 3) float, NaN where unknown; None when the
+# cutout's scan is unusable (the caller has warned; the cutout is skipped and listed in the result)
+CutoutPoints = Callable[[str], "np.ndarray | None"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class CutoutLocalizer:
         self.features = features
         self.matches = matches
         self.config = config
+        self.skipped: dict[str, str] = {}  # cutouts of the current query left out, and why
 
     def correspondences(self, query: str, db_names: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Query keypoint indices (M,) and world points (M, 3) over all retrieved cutouts."""
@@ -88,7 +90,11 @@ class CutoutLocalizer:
             group = self.features[db_name]
             keypoints = group["keypoints"][()]
             image_size = tuple(int(v) for v in group["image_size"][()])
-            xyz = sample_points(self.cutout_points(db_name), keypoints[pairs[:, 1]], image_size)
+            scan = self.cutout_points(db_name)
+            if scan is None:
+                self.skipped[db_name] = "unusable XYZcut (see the warning naming its file)"
+                continue
+            xyz = sample_points(scan, keypoints[pairs[:, 1]], image_size)
             valid = np.isfinite(xyz).all(1)
             if valid.any():
                 indices.append(pairs[valid, 0])
@@ -101,8 +107,10 @@ class CutoutLocalizer:
     def localize(self, query: str, camera: pycolmap.Camera, db_names: list[str]) -> QueryResult:
         start = time.time()
         keypoints = read_keypoints(self.features, query)
+        self.skipped = {}
         kp_idx, points3D, used = self.correspondences(query, db_names)
-        result = QueryResult(query, num_correspondences=len(kp_idx), num_retrieved=len(db_names), db_used=used)
+        result = QueryResult(query, num_correspondences=len(kp_idx), num_retrieved=len(db_names), db_used=used,
+                             skipped_db=dict(self.skipped))
         if not db_names:
             result.failure = "no retrieved database image"
         elif len(kp_idx) == 0:

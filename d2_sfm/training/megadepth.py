@@ -4,8 +4,9 @@ Layout, below `root` (the official `base_path`):
   scene_info/<scene>.npz  written by the official `megadepth_utils/preprocess_scene.py`, with
       image_paths, depth_paths (relative to root; None for unused images), intrinsics (N, 3, 3),
       poses (N, 4, 4) cam_from_world, overlap_matrix (N, N), scale_ratio_matrix (N, N) and,
-      optionally, points3D_id_to_2D / points3D_id_to_ndepth (lists of dicts; pickled objects,
-      so only load scene files you trust).
+      optionally, points3D_id_to_2D / points3D_id_to_ndepth (lists of dicts; pickled objects).
+      Object arrays are read by a restricted unpickler that only builds numpy arrays, dtypes,
+      numpy scalars and plain containers: a crafted scene file cannot run code (MegaDepthError).
   <image_paths[k]>  RGB image; <depth_paths[k]>  HDF5 with dataset "/depth" (same H x W, 0 = unknown).
 A pair (i, k) is eligible when overlap in [min_overlap, max_overlap] and scale ratio <= max.
 Each epoch draws `pairs_per_scene` eligible pairs per scene (with replacement). Each pair
@@ -17,7 +18,10 @@ Pixel convention: integer = pixel centre; COLMAP intrinsics use centre (0.5, 0.5
 """
 from __future__ import annotations
 
+import io
 import logging
+import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,11 +76,74 @@ def scene_files(root: Path, scenes: list[str] | None = None) -> list[Path]:
     return files
 
 
+# What the official scene files' object arrays (lists of str/None, dicts of int -> array or
+# float) need from pickle: numpy arrays, dtypes and scalars, and harmless builtin types. Nothing
+# else is ever imported or called, so a crafted file cannot run code.
+SAFE_GLOBALS = frozenset({
+    *((module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+      for name in ("_reconstruct", "scalar")),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    *((module, name) for module in ("builtins", "__builtin__")
+      for name in ("list", "dict", "tuple", "set", "frozenset", "str", "bytes", "bytearray", "int",
+                   "float", "complex", "bool")),
+})
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that refuses every global outside SAFE_GLOBALS (no code from data files)."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in SAFE_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only numpy arrays and plain "
+                                         "containers are allowed in a scene file)")
+        return super().find_class(module, name)
+
+
+def read_npy(stream: io.BufferedIOBase, size: int) -> np.ndarray:
+    """One .npy member of `size` bytes: plain arrays read directly (their declared size checked
+    against the member's first), object arrays by the restricted unpickler."""
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+    elif version in ((2, 0), (3, 0)):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+    else:
+        raise ValueError(f"unsupported .npy format version {version}")
+    if not dtype.hasobject:
+        count = int(np.prod(shape, dtype=object))
+        if count * dtype.itemsize > size:
+            raise ValueError(f"an array of shape {shape} does not fit in its {size} bytes")
+        data = bytearray(count * dtype.itemsize)
+        if stream.readinto(data) != len(data):
+            raise ValueError(f"array data is truncated (shape {shape})")
+        array = np.frombuffer(data, dtype=dtype, count=count)
+        return array.reshape(shape[::-1]).transpose() if fortran_order else array.reshape(shape)
+    array = RestrictedUnpickler(stream, encoding="latin1").load()
+    if not isinstance(array, np.ndarray):
+        raise ValueError(f"an object array member holds a {type(array).__name__}, not an array")
+    return array
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """{key: array} of an .npz file without executing anything from it (np.load(allow_pickle=True)
+    would run whatever a crafted pickle asks for)."""
+    arrays = {}
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.infolist():
+            if not member.filename.endswith(".npy"):
+                continue
+            with archive.open(member) as stream:
+                arrays[member.filename[:-4]] = read_npy(io.BufferedReader(stream), member.file_size)
+    return arrays
+
+
 def load_scene(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an official scene_info file; MegaDepthError naming it when it is not one."""
     try:
-        info = dict(np.load(path, allow_pickle=True))
-    except (OSError, ValueError) as error:
-        raise MegaDepthError(f"scene file {path} could not be read: {error}") from error
+        info = read_npz(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError,
+            AttributeError, TypeError, IndexError, KeyError, MemoryError) as error:
+        raise MegaDepthError(f"scene file {path} could not be read: {error}") from None
     missing = [k for k in SCENE_KEYS if k not in info]
     if missing:
         raise MegaDepthError(f"scene file {path} lacks {', '.join(missing)}")
