@@ -33,18 +33,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
 import cv2  # noqa: F401  (imported before pycolmap: pycolmap 4.2.1 first breaks cv2's PNG writer)
-import h5py
 import numpy as np
 import pycolmap
 
 from .cli import run_cli
-from .errors import D2SfmError
-from .h5io import H5FormatError, find_pair
+from .errors import D2SfmError, check_options
+from .h5io import list_h5_names, open_h5, read_image_size, read_keypoints, read_matches
 from .atomic import atomic_path, write_json
 from .colmap_log import colmap_log_to
 from .locking import output_lock
-from .match import read_pairs, unique_pairs
+from .datasets.formats import read_pairs, unique_pairs
 from .paths import resolve_inside, safe_relative_name
+from .textfiles import read_text_lines
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,13 @@ class VerificationConfig:
     # makes border responses of the dense map (2 cells at stride 4) match each other across images;
     # on the temple, 8 px removed the only false pairs (100-170 degrees apart) above 50 inliers
     random_seed: int = 0  # RANSAC seed, for repeatable runs
+
+    def __post_init__(self) -> None:
+        check_options("verification", ransac_max_error=not self.max_error > 0,
+                      max_num_trials=self.max_num_trials < 1, min_num_inliers=self.min_num_inliers < 0,
+                      min_pair_inliers=self.min_pair_inliers < 0,
+                      min_pair_inlier_ratio=not 0 <= self.min_pair_inlier_ratio <= 1,
+                      border_margin=self.border_margin < 0)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -184,15 +191,9 @@ def known_camera(model: str | None, width: int, height: int, params: tuple[float
 
 def read_intrinsics_file(path: Path) -> dict[str, pycolmap.Camera]:
     """hloc's `queries_with_intrinsics.txt` format: `name MODEL WIDTH HEIGHT p1 p2 ...` per line."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as error:
-        raise DatabaseError(f"cannot read intrinsics file {path}: {error.strerror or error}") from error
     cameras = {}
-    for number, line in enumerate(lines, 1):
+    for number, line in read_text_lines(path, "intrinsics file"):
         fields = line.split()
-        if not fields or fields[0].startswith("#"):
-            continue
         where = f"{path}:{number}"
         if len(fields) < 5:
             raise DatabaseError(f"{where}: expected 'name MODEL WIDTH HEIGHT params...', got {line!r}")
@@ -292,21 +293,25 @@ def write_cameras_and_images(db: pycolmap.Database, choices: dict[str, CameraCho
     return image_ids, known
 
 
-def import_keypoints(db: pycolmap.Database, features: Path, image_ids: dict[str, int]) -> None:
-    """Keypoints of every image, shifted by +0.5 px into COLMAP's pixel convention."""
-    with h5py.File(features, "r") as f:
+def import_keypoints(db: pycolmap.Database, features: Path, image_ids: dict[str, int]) -> dict[str, int]:
+    """Keypoints of every image, shifted by +0.5 px into COLMAP's pixel convention; returns how
+    many each image has."""
+    counts = {}
+    with open_h5(features, "features file") as f:
         for name, image_id in image_ids.items():
-            keypoints = f[name]["keypoints"][()].astype(np.float32).reshape(-1, 2)
+            keypoints = read_keypoints(f, name)
             db.write_keypoints(image_id, keypoints + COLMAP_PIXEL_OFFSET)
+            counts[name] = len(keypoints)
+    return counts
 
 
 def border_keypoints(features: Path, names: list[str], margin: float) -> dict[str, np.ndarray]:
     """Per image, which keypoints lie within `margin` px of the image border (all False if margin <= 0)."""
     masks = {}
-    with h5py.File(features, "r") as f:
+    with open_h5(features, "features file") as f:
         for name in names:
-            keypoints = f[name]["keypoints"][()].reshape(-1, 2)
-            width, height = f[name]["image_size"][()]
+            keypoints = read_keypoints(f, name)
+            width, height = read_image_size(f, name)
             masks[name] = ((keypoints[:, 0] < margin - 0.5) | (keypoints[:, 1] < margin - 0.5)
                            | (keypoints[:, 0] > width - margin - 0.5) | (keypoints[:, 1] > height - margin - 0.5)
                            if margin > 0 else np.zeros(len(keypoints), bool))
@@ -314,22 +319,17 @@ def border_keypoints(features: Path, names: list[str], margin: float) -> dict[st
 
 
 def import_matches(db: pycolmap.Database, pairs: list[tuple[str, str]], matches: Path,
-                   image_ids: dict[str, int], min_match_score: float | None,
+                   image_ids: dict[str, int], min_match_score: float | None, num_keypoints: dict[str, int],
                    excluded: dict[str, np.ndarray] | None = None) -> list[PairStats]:
-    """Raw matches of every pair whose images are both in the database; matches touching a
-    keypoint marked in `excluded` (name -> mask, e.g. `border_keypoints`) are left out."""
+    """Raw matches of every pair whose images are both in the database, checked against the
+    images' keypoint counts; matches touching a keypoint marked in `excluded` (name -> mask, e.g.
+    `border_keypoints`) are left out."""
     stats = []
-    with h5py.File(matches, "r") as f:
+    with open_h5(matches, "matches file") as f:
         for name0, name1 in pairs:
-            key, reverse = find_pair(f, name0, name1)
-            matches0 = f[key]["matches0"][()].astype(np.int64)
-            valid = matches0 >= 0
+            pair, scores = read_matches(f, name0, name1, (num_keypoints[name0], num_keypoints[name1]))
             if min_match_score is not None:
-                valid &= f[key]["matching_scores0"][()].astype(np.float32) > min_match_score
-            idx = np.flatnonzero(valid)
-            pair = np.stack([idx, matches0[idx]], axis=1)
-            if reverse:
-                pair = pair[:, ::-1]
+                pair = pair[scores > min_match_score]
             if excluded is not None:
                 pair = pair[~(excluded[name0][pair[:, 0]] | excluded[name1][pair[:, 1]])]
             db.write_matches(image_ids[name0], image_ids[name1], np.ascontiguousarray(pair, np.uint32))
@@ -386,17 +386,8 @@ def reject_weak_pairs(db: pycolmap.Database, stats: list[PairStats], image_ids: 
 
 def feature_sizes(features: Path) -> dict[str, tuple[int, int]]:
     """Image name -> (W, H) for every image in the features file."""
-    sizes = {}
-    try:
-        with h5py.File(features, "r") as f:
-            def visit(name: str, obj: object) -> None:
-                if isinstance(obj, h5py.Group) and "keypoints" in obj:
-                    width, height = (int(v) for v in obj["image_size"][()])
-                    sizes[name] = (width, height)
-            f.visititems(visit)
-    except (OSError, KeyError) as error:
-        raise H5FormatError(f"cannot read features file {features}: {error}") from error
-    return sizes
+    with open_h5(features, "features file") as f:
+        return {name: read_image_size(f, name) for name in list_h5_names(features)}
 
 
 def usable_pairs(pairs: Path, sizes: dict[str, tuple[int, int]]) -> list[tuple[str, str]]:
@@ -443,9 +434,10 @@ def build_database(database: Path, features: Path, matches: Path, names: list[st
     with atomic_path(database) as partial:
         with pycolmap.Database.open(str(partial)) as db:
             image_ids, known = write_cameras_and_images(db, choices)
-            import_keypoints(db, features, image_ids)
+            counts = import_keypoints(db, features, image_ids)
             excluded = border_keypoints(features, names, verification.border_margin)
-            stats = import_matches(db, pair_list, matches, image_ids, verification.min_match_score, excluded)
+            stats = import_matches(db, pair_list, matches, image_ids, verification.min_match_score, counts,
+                                   excluded)
         timings["database"] = time.time() - start
         start = time.time()
         verify(partial, verification, num_threads)

@@ -7,3 +7,11 @@ class D2SfmError(Exception):
 
 class ConfigError(D2SfmError, ValueError):
     """An option value that cannot be used (on this device); the message names the option."""
+
+
+def check_options(owner: str, **problems: bool) -> None:
+    """Raise ConfigError naming every option of `owner` whose check failed (value True = bad);
+    the option names are the keyword names, e.g. check_options("matcher", chunk_size=size < 1)."""
+    bad = [name for name, failed in problems.items() if failed]
+    if bad:
+        raise ConfigError(f"{owner}: invalid {', '.join(bad)} (see --help for the allowed values)")

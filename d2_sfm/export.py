@@ -40,6 +40,7 @@ import numpy as np
 import pycolmap
 
 from .cli import run_cli
+from .colmap_readonly import read_cameras, read_image_ids
 from .colmap_model import read_model
 from .datasets.formats import qt_from_rigid, read_pairs, rigid_from_qt
 from .errors import D2SfmError
@@ -270,9 +271,8 @@ def database_cameras(database: Path | None) -> tuple[dict[str, int], dict[int, p
     """image name -> camera id, camera id -> camera, from a COLMAP database (empty without one)."""
     if database is None:
         return {}, {}
-    with pycolmap.Database.open(str(database)) as db:
-        return ({image.name: image.camera_id for image in db.read_all_images()},
-                {camera.camera_id: camera for camera in db.read_all_cameras()})
+    return ({name: camera_id for name, (_, camera_id) in read_image_ids(database).items()},
+            read_cameras(database))
 
 
 @dataclass

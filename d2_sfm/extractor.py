@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .detection import EDGE_THRESHOLD
-from .errors import ConfigError
+from .errors import ConfigError, check_options
 from .images import ResizedImage, read_image_checked, resize, resized_size
 from .model import Preprocessing, preprocess
 from .pyramid import Keypoints, extract_keypoints
@@ -50,6 +50,10 @@ class ExtractionConfig:
     def __post_init__(self) -> None:
         if self.tile_size is not None and self.tile_size < 16:
             raise ConfigError(f"tile_size must be None or at least 16 px, got {self.tile_size}")
+        check_options("extraction", max_edge=self.max_edge is not None and not (self.max_edge == 0 or self.max_edge >= 16),
+                      max_sum_edges=self.max_sum_edges is not None and not (self.max_sum_edges == 0
+                                                                            or self.max_sum_edges >= 32),
+                      max_keypoints=self.max_keypoints is not None and self.max_keypoints < 1)
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
@@ -76,6 +80,22 @@ class Features:
 
     def __len__(self) -> int:
         return len(self.keypoints)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """A torch device that exists here; a malformed name or a missing GPU is a ConfigError."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ConfigError(f"device {str(device)!r} is not a torch device name (e.g. cpu, cuda, cuda:1): "
+                          f"{str(error).splitlines()[0]}") from None
+    if device.type == "cuda" and (not torch.cuda.is_available()
+                                  or (device.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"device {device} is not available here ({torch.cuda.device_count()} CUDA device(s)); "
+                          "use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {device} is not supported: use cpu or cuda")
+    return device
 
 
 def native_bf16() -> bool:
@@ -108,7 +128,7 @@ class D2Extractor:
 
     def __init__(self, weights: str | os.PathLike | None = None,
                  config: ExtractionConfig = ExtractionConfig(), device: str | torch.device = "cpu"):
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.config = dataclasses.replace(config, precision=resolve_precision(config.precision, self.device))
         self.model, self.weights = load_model(weights, use_relu=config.use_relu, device=self.device)
         tile_size = config.tile_size if self.device.type == "cpu" or config.tile_size != DEFAULT_TILE_SIZE else None

@@ -308,11 +308,42 @@ def read_features(path: Path, name: str) -> dict[str, np.ndarray]:
 
 
 def read_keypoints(source: Path | h5py.File, name: str) -> np.ndarray:
-    """Keypoints (N, 2) of one image, from a path or an open file (for many reads)."""
+    """Keypoints (N, 2) float32 of one image, from a path or an open file (for many reads);
+    anything but N finite x, y pairs is an H5FormatError naming the file and the image."""
     with _opened(source) as f:
-        if name not in f:
-            raise H5FormatError(f"{f.filename} has no features for image {name!r}")
-        return f[name]["keypoints"][()].astype(np.float32)
+        keypoints = _dataset(f, name, "keypoints")
+        if keypoints.ndim != 2 or keypoints.shape[1] != 2 or not np.issubdtype(keypoints.dtype, np.number):
+            raise H5FormatError(f"{f.filename}: keypoints of {name!r} are {keypoints.dtype} {keypoints.shape}, "
+                                "expected (N, 2) numbers")
+        keypoints = keypoints.astype(np.float32)
+        if not np.isfinite(keypoints).all():
+            raise H5FormatError(f"{f.filename}: keypoints of {name!r} contain NaN or inf")
+        return keypoints
+
+
+def keypoint_uncertainty(source: Path | h5py.File, name: str) -> float:
+    """The detection noise (px) recorded with an image's keypoints (hloc's attribute; 1 if absent)."""
+    with _opened(source) as f:
+        _dataset(f, name, "keypoints")
+        return float(f[name]["keypoints"].attrs.get("uncertainty", 1.0))
+
+
+def read_image_size(source: Path | h5py.File, name: str) -> tuple[int, int]:
+    """(W, H) of the image the features of `name` were extracted from."""
+    with _opened(source) as f:
+        size = _dataset(f, name, "image_size")
+        if size.shape != (2,) or not np.issubdtype(size.dtype, np.number) or (size <= 0).any():
+            raise H5FormatError(f"{f.filename}: image_size of {name!r} is {size!r}, expected (W, H) > 0")
+        return int(size[0]), int(size[1])
+
+
+def _dataset(f: h5py.File, name: str, key: str) -> np.ndarray:
+    """The array `name/key`, or an H5FormatError naming the file, the image and what is missing."""
+    if name not in f or not isinstance(f[name], h5py.Group):
+        raise H5FormatError(f"{f.filename} has no features for image {name!r}")
+    if key not in f[name] or not isinstance(f[name][key], h5py.Dataset):
+        raise H5FormatError(f"{f.filename}: the features of {name!r} have no {key!r} dataset")
+    return f[name][key][()]
 
 
 def write_matches(handle: h5py.File, name0: str, name1: str, matches0: np.ndarray,
@@ -351,13 +382,29 @@ def is_old_style(handle: h5py.File) -> bool:
                                    for group in handle.values())
 
 
-def read_matches(source: Path | h5py.File, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
+def read_matches(source: Path | h5py.File, name0: str, name1: str,
+                 num_keypoints: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Matched index pairs (M, 2) (into name0's and name1's keypoints) and their scores (M,),
-    from a path or an open file; the pair may be stored in either order or naming scheme."""
+    from a path or an open file; the pair may be stored in either order or naming scheme.
+
+    With `num_keypoints` (N0, N1), the matches must index exactly those keypoints: matches made
+    from other features (stale, or another extractor's) are an H5FormatError, never garbage."""
     with _opened(source) as f:
         key, reverse = find_pair(f, name0, name1)
-        matches0 = f[key]["matches0"][()].astype(np.int64)
-        scores0 = f[key]["matching_scores0"][()].astype(np.float32)
+        group = f[key]
+        matches0 = group["matches0"][()]
+        scores0 = group["matching_scores0"][()] if "matching_scores0" in group else np.ones(matches0.shape)
+        where = f"{f.filename}: matches of ({name0}, {name1})"
+    if matches0.ndim != 1 or not np.issubdtype(matches0.dtype, np.integer) or scores0.shape != matches0.shape:
+        raise H5FormatError(f"{where} are {matches0.dtype} {matches0.shape}, expected (N,) integers with "
+                            "as many scores")
+    matches0, scores0 = matches0.astype(np.int64), scores0.astype(np.float32)
+    if num_keypoints is not None:
+        stored_count, other_count = num_keypoints[::-1] if reverse else num_keypoints
+        if len(matches0) != stored_count or (matches0 < -1).any() or (matches0 >= other_count).any():
+            raise H5FormatError(f"{where} do not fit the features ({len(matches0)} entries for {stored_count} "
+                                f"keypoints, indices up to {matches0.max(initial=-1)} for {other_count}); "
+                                "match the pair again with the current features")
     idx = np.flatnonzero(matches0 >= 0)
     pairs = np.stack([idx, matches0[idx]], axis=1)
     if reverse:

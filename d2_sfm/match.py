@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from .cli import run_cli
-from .errors import D2SfmError
+from .extractor import resolve_device
 from .fingerprint import settings_fingerprint
 from .formats_d2net import import_d2net_if_changed
 from .h5io import (H5_SUFFIXES, MATCHER, H5FormatError, atomic_h5, current_file, file_attributes, match_records,
@@ -25,25 +25,9 @@ from .h5io import (H5_SUFFIXES, MATCHER, H5FormatError, atomic_h5, current_file,
 from .locking import output_lock
 from .matching import MatcherConfig, match_descriptors
 from .paths import check_output_path
-from .datasets.formats import read_pairs  # noqa: F401  (re-exported: one pairs reader)
+from .datasets.formats import read_pairs, unique_pairs
 
 logger = logging.getLogger(__name__)
-
-
-class PairsError(D2SfmError, ValueError):
-    """A pairs file or pairs request that cannot be used; the message names the file and line."""
-
-
-def unique_pairs(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Drop self-pairs and symmetric duplicates, keeping the first order seen."""
-    seen: set[frozenset[str]] = set()
-    result = []
-    for name0, name1 in pairs:
-        key = frozenset((name0, name1))
-        if name0 != name1 and key not in seen:
-            seen.add(key)
-            result.append((name0, name1))
-    return result
 
 
 class DescriptorCache:
@@ -121,7 +105,7 @@ def main(pairs: Path, features: Path, output: Path, config: MatcherConfig = Matc
     check_output_path(output, H5_SUFFIXES, "matches file")
     listed = unique_pairs(read_pairs(pairs))
     matcher = matcher_fingerprint(config)
-    cache = DescriptorCache(features, torch.device(device))
+    cache = DescriptorCache(features, resolve_device(device))
     try:
         check_names(listed, cache, pairs)
         with output_lock(output):

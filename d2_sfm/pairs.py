@@ -27,15 +27,20 @@ from tqdm import tqdm
 
 from .cli import run_cli
 from .datasets.formats import write_pairs
+from .errors import D2SfmError
 from .fingerprint import FileStamp
 from .h5io import (FEATURE_ID, SOURCE, atomic_h5, existing_names, feature_id, feature_records, file_attributes,
                    list_h5_names, open_h5, prune_incomplete, up_to_date)
 from .locking import output_lock
 from .images import ImageError, list_images, read_image, resize, resized_size
-from .match import PairsError, read_pairs, unique_pairs
+from .datasets.formats import read_pairs, unique_pairs
 from .paths import resolve_inside
 
 logger = logging.getLogger(__name__)
+
+
+class PairsError(D2SfmError, ValueError):
+    """A pairs file or pairs request that cannot be used; the message names the file and line."""
 
 GLOBAL_DESCRIPTOR = "global_descriptor"  # dataset of one image's GeM vector in the global features file
 PAIR_MODES = ("exhaustive", "sequential", "retrieval", "file")

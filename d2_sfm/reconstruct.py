@@ -44,6 +44,7 @@ from .fingerprint import file_fingerprint, settings_fingerprint
 from . import colmap_db, extract, match, pairs
 from .atomic import write_json
 from .colmap_log import colmap_log_to
+from .colmap_readonly import read_cameras, read_image_ids
 from .alignment import PoseErrors, align_and_compare, model_poses, read_ground_truth_file, relative_rotation_errors
 from .cli import add_extraction_arguments, extraction_config_from_args, run_cli
 from .colmap_db import CameraConfig, PairStats, VerificationConfig
@@ -316,8 +317,7 @@ def stability_check(database: Path, image_dir: Path, work_dir: Path, reconstruct
                     pair_stats: list[PairStats], options: pycolmap.IncrementalPipelineOptions,
                     config: ReliabilityConfig) -> list[dict[str, object]]:
     """Map again from other initial pairs; relative-rotation disagreement with `reconstruction`."""
-    with pycolmap.Database.open(str(database)) as db:
-        image_ids = {image.name: image.image_id for image in db.read_all_images()}
+    image_ids = {name: image_id for name, (image_id, _) in read_image_ids(database).items()}
     reference, results = model_poses(reconstruction), []
     for stat in stability_pairs(reconstruction, pair_stats, config.stability_runs, config.strong_pair_inliers):
         options.init_image_id1, options.init_image_id2 = image_ids[stat.name0], image_ids[stat.name1]
@@ -374,11 +374,10 @@ def camera_warnings(camera: pycolmap.Camera, prior: pycolmap.Camera | None, sour
 
 def initial_cameras(database: Path) -> dict[str, dict[str, object]]:
     """The database's cameras before mapping (the priors), as JSON for the step log: read once
-    when the database is built, since opening it again with pycolmap would modify the file."""
-    with pycolmap.Database.open(str(database)) as db:
-        return {str(camera.camera_id): {"model": camera.model.name, "width": camera.width, "height": camera.height,
-                                        "params": [float(v) for v in camera.params]}
-                for camera in db.read_all_cameras()}
+    when the database is built."""
+    return {str(camera_id): {"model": camera.model.name, "width": camera.width, "height": camera.height,
+                             "params": [float(v) for v in camera.params]}
+            for camera_id, camera in read_cameras(database).items()}
 
 
 def cameras_from_json(cameras: dict[str, dict[str, object]]) -> dict[int, pycolmap.Camera]:

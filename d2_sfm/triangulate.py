@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2  # noqa: F401  (imported before pycolmap: pycolmap 4.2.1 first breaks cv2's PNG writer)
-import h5py
 import numpy as np
 import pycolmap
 from tqdm import tqdm
@@ -35,11 +34,11 @@ from . import colmap_db
 from .cli import run_cli
 from .colmap_db import COLMAP_PIXEL_OFFSET, VerificationConfig
 from .errors import D2SfmError
-from .h5io import list_h5_names
+from .h5io import keypoint_uncertainty, list_h5_names, open_h5, read_keypoints
 from .atomic import atomic_path
 from .colmap_log import colmap_log_to
 from .locking import output_lock
-from .match import read_pairs, unique_pairs
+from .datasets.formats import read_pairs, unique_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -82,10 +81,6 @@ def database_from_model(database: Path, reference: pycolmap.Reconstruction) -> d
     return {image.name: image.image_id for image in reference.images.values()}
 
 
-def keypoint_uncertainty(handle: h5py.File, name: str) -> float:
-    return float(handle[name]["keypoints"].attrs.get("uncertainty", 1.0))
-
-
 def epipolar_inliers(reference: pycolmap.Reconstruction, image_id0: int, image_id1: int, keypoints0: np.ndarray,
                      keypoints1: np.ndarray, matches: np.ndarray, thresholds_px: tuple[float, float]) -> np.ndarray:
     """Mask of matches consistent with the known poses. Keypoints in COLMAP pixels (after +0.5)."""
@@ -106,12 +101,12 @@ def epipolar_inliers(reference: pycolmap.Reconstruction, image_id0: int, image_i
 def import_and_verify(database: Path, reference: pycolmap.Reconstruction, image_ids: dict[str, int],
                       pairs: list[tuple[str, str]], features: Path, matches: Path, config: TriangulationConfig) -> int:
     """Keypoints, raw matches and verified matches; returns the number of pairs kept."""
-    with pycolmap.Database.open(str(database)) as db, h5py.File(features, "r") as feats:
-        keypoints = {}
+    with pycolmap.Database.open(str(database)) as db, open_h5(features, "features file") as feats:
+        keypoints = {name: read_keypoints(feats, name) + COLMAP_PIXEL_OFFSET for name in image_ids}
         for name, image_id in image_ids.items():
-            keypoints[name] = feats[name]["keypoints"][()].astype(np.float32).reshape(-1, 2) + COLMAP_PIXEL_OFFSET
             db.write_keypoints(image_id, keypoints[name])
-        stats = colmap_db.import_matches(db, pairs, matches, image_ids, config.min_match_score)
+        counts = {name: len(points) for name, points in keypoints.items()}
+        stats = colmap_db.import_matches(db, pairs, matches, image_ids, config.min_match_score, counts)
         if config.verification == "estimate":
             return -1
         kept = 0
@@ -158,6 +153,8 @@ def main(reference: pycolmap.Reconstruction | Path, image_dir: Path, pairs: Path
     """Triangulate the matches of `pairs` with the fixed poses of `reference`; the model (with the
     reference's cameras and poses, D2 keypoints as points2D) is written to `output_dir`."""
     start = time.time()
+    if not Path(image_dir).is_dir():
+        raise TriangulationError(f"image folder {image_dir} does not exist or is not a folder")
     reference = read_model(reference, TriangulationError)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

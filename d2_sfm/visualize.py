@@ -19,12 +19,14 @@ import cv2
 import numpy as np
 import pycolmap
 
-from .colmap_model import read_model
+from .atomic import atomic_path
 from .cli import run_cli
+from .colmap_model import read_model
+from .colmap_readonly import read_image_ids, read_two_view_inliers
 from .errors import D2SfmError
 from .h5io import read_keypoints, read_matches
 from .images import read_image
-from .paths import resolve_inside
+from .paths import check_output_path, resolve_inside
 
 logger = logging.getLogger(__name__)
 
@@ -92,12 +94,26 @@ def draw_overview(reconstruction: pycolmap.Reconstruction, size: int = 900) -> n
     return canvas
 
 
-def save_overview(reconstruction: pycolmap.Reconstruction, output: Path, size: int = 900) -> Path:
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(output), draw_overview(reconstruction, size)):
-        raise VisualizationError(f"could not write {output}")
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MIN_SIZE, MAX_SIZE = 64, 8192  # px of the overview's side
+
+
+def write_picture(output: Path, picture: np.ndarray) -> Path:
+    """Write a BGR picture atomically (PNG or JPEG, chosen by the name)."""
+    output = check_output_path(output, PICTURE_SUFFIXES, "picture")
+    with atomic_path(output) as partial:
+        ok, encoded = cv2.imencode(output.suffix.lower(), picture)
+        if not ok:
+            raise VisualizationError(f"could not encode {output}")
+        partial.write_bytes(encoded.tobytes())
     return output
+
+
+def save_overview(reconstruction: pycolmap.Reconstruction, output: Path, size: int = 900) -> Path:
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise VisualizationError(f"overview size {size} px is outside {MIN_SIZE}..{MAX_SIZE}")
+    check_output_path(output, PICTURE_SUFFIXES, "picture")
+    return write_picture(output, draw_overview(reconstruction, size))
 
 
 def draw_matches(image0: np.ndarray, image1: np.ndarray, keypoints0: np.ndarray, keypoints1: np.ndarray,
@@ -126,32 +142,30 @@ def draw_matches(image0: np.ndarray, image1: np.ndarray, keypoints0: np.ndarray,
 
 
 def verified_mask(database: Path, name0: str, name1: str, matches: np.ndarray) -> np.ndarray | None:
-    """Which of `matches` (indices into name0, name1) the database's two-view geometry kept."""
-    with pycolmap.Database.open(str(database)) as db:
-        try:
-            id0, id1 = db.read_image_with_name(name0).image_id, db.read_image_with_name(name1).image_id
-        except (ValueError, RuntimeError, IndexError):
-            return None
-        if not db.exists_two_view_geometry(id0, id1):
-            return np.zeros(len(matches), bool)
-        inliers = db.read_two_view_geometry(id0, id1).inlier_matches
-    inlier_set = {tuple(m) for m in np.asarray(inliers).tolist()}
+    """Which of `matches` (indices into name0, name1) the database's two-view geometry kept;
+    None when an image is not in the database. Reads the database without changing it."""
+    ids = read_image_ids(database)
+    if name0 not in ids or name1 not in ids:
+        return None
+    inliers = read_two_view_inliers(database, ids[name0][0], ids[name1][0])
+    if inliers is None:
+        return np.zeros(len(matches), bool)
+    inlier_set = {tuple(m) for m in inliers.tolist()}
     return np.array([(int(i), int(j)) in inlier_set for i, j in matches], bool)
 
 
 def save_pair_matches(image_dir: Path, features: Path, matches: Path, name0: str, name1: str, output: Path,
                       database: Path | None = None) -> Path:
     """Picture of the matches of one pair; with `database`, verified inliers green, others red."""
-    pair_matches, _ = read_matches(matches, name0, name1)
+    check_output_path(output, PICTURE_SUFFIXES, "picture")
+    keypoints0, keypoints1 = read_keypoints(features, name0), read_keypoints(features, name1)
+    pair_matches, _ = read_matches(matches, name0, name1, (len(keypoints0), len(keypoints1)))
     mask = verified_mask(database, name0, name1, pair_matches) if database and Path(database).is_file() else None
     canvas = draw_matches(read_image(resolve_inside(image_dir, name0)), read_image(resolve_inside(image_dir, name1)),
-                          read_keypoints(features, name0), read_keypoints(features, name1), pair_matches, mask)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(output), canvas):
-        raise VisualizationError(f"could not write {output}")
+                          keypoints0, keypoints1, pair_matches, mask)
+    write_picture(output, canvas)
     logger.info("Wrote %s", output)
-    return output
+    return Path(output)
 
 
 def build_parser() -> argparse.ArgumentParser:

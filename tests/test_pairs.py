@@ -8,7 +8,8 @@ import torch
 
 from d2_sfm import pairs
 from d2_sfm.errors import D2SfmError
-from d2_sfm.match import PairsError, read_pairs
+from d2_sfm.datasets.formats import read_pairs
+from d2_sfm.pairs import PairsError
 from d2_sfm.paths import UnsafePathError
 
 NAMES = [f"img{i}.jpg" for i in range(6)]

@@ -18,9 +18,7 @@ file it comes from.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +28,7 @@ import pycolmap
 import scipy.sparse
 
 from ..colmap_model import read_model
+from ..colmap_readonly import DatabaseReadError, read_image_ids
 from . import DatasetError
 from .formats import checked_name, read_intrinsics_list, read_nvm, require_file
 
@@ -70,28 +69,13 @@ class DatabaseImage:
     camera_id: int
 
 
-def read_only_uri(path: Path) -> str:
-    """SQLite URI opening `path` strictly read-only and immutable: no lock, journal, -wal or -shm
-    file is created and nothing in the user's dataset folder changes. The path is percent-quoted
-    (as_uri), so spaces, '?' and '#' in folder names are taken literally."""
-    return Path(path).absolute().as_uri() + "?mode=ro&immutable=1"
-
-
 def read_database_ids(path: Path) -> dict[str, tuple[int, int]]:
     """{name: (image_id, camera_id)} from the images table of a COLMAP database (read-only)."""
     path = require_file(path, "a COLMAP database (SQLite) with an images table")
     try:
-        # `with connection` only ends a transaction; closing() really closes the file
-        with contextlib.closing(sqlite3.connect(read_only_uri(path), uri=True)) as connection:
-            rows = connection.execute("SELECT name, image_id, camera_id FROM images").fetchall()
-    except sqlite3.Error as error:
-        raise DatasetError(f"{path}: not a COLMAP database with an images table ({error})") from None
-    ids: dict[str, tuple[int, int]] = {}
-    for name, image_id, camera_id in rows:
-        if not isinstance(name, str) or not isinstance(image_id, int) or not isinstance(camera_id, int):
-            raise DatasetError(f"{path}: images table row {name!r} has a non-text name or non-integer ids")
-        ids[name] = (image_id, camera_id)
-    return ids
+        return read_image_ids(path)
+    except DatabaseReadError as error:
+        raise DatasetError(f"{error}; expected a COLMAP database with an images table") from None
 
 
 def read_query_lists(root: Path) -> tuple[QueryCamera, ...]:

@@ -218,6 +218,18 @@ def read_pairs(path: Path, image_root: Path | None = None) -> list[tuple[str, st
     return pairs
 
 
+def unique_pairs(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Drop self-pairs and symmetric duplicates, keeping the first order seen."""
+    seen: set[frozenset[str]] = set()
+    result = []
+    for name0, name1 in pairs:
+        key = frozenset((name0, name1))
+        if name0 != name1 and key not in seen:
+            seen.add(key)
+            result.append((name0, name1))
+    return result
+
+
 def write_pairs(path: Path, pairs: Iterable[tuple[str, str]]) -> Path:
     """hloc's pairs format: `name0 name1` lines joined by newlines (no trailing newline).
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import zipfile
+from pathlib import Path
 
 import cv2
 import h5py
@@ -120,8 +121,8 @@ def test_kapture_export_is_read_back_by_kapture_with_the_same_numbers(run_dir, t
                                            keypoints.dsize)
         ours = read_features(run_dir / "features.h5", name)["keypoints"]
         np.testing.assert_allclose(stored[:, :2], ours + 0.5)  # COLMAP's pixel convention
-        assert (out / "sensors" / "records_data" / name).resolve() == \
-            (run_dir.parent / "scene" / "images" / name).resolve()
+        image_dir = Path(json.loads((run_dir / "summary.json").read_text())["images"])
+        assert (out / "sensors" / "records_data" / name).resolve() == (image_dir / name).resolve()
         assert get_image_fullpath(str(out), name).endswith(name)
     expected = h5_match_counts(run_dir)
     assert set(data.matches["d2net"]) == set(expected)

@@ -176,7 +176,6 @@ def test_a_second_writer_is_refused_at_once_even_without_hdf5_locking(image_dir,
     command = [sys.executable, "-m", "d2_sfm.extract", "--images", str(image_dir), "--output", str(output),
                "--max-edge", "200", "--weights", "hed_vgg16"]
     with output_lock(output):  # another process holds the output
-        start = time.monotonic()
         result = subprocess.run(command, env=env, capture_output=True, text=True)
     assert result.returncode == 2, result.stderr
     assert "being written by another d2_sfm process" in result.stderr and "Traceback" not in result.stderr
