@@ -41,7 +41,7 @@ class DescriptorCache:
     def _load(self, name: str) -> torch.Tensor:
         if name not in self.file or "descriptors" not in self.file[name]:
             raise H5FormatError(f"{self.file.filename} has no features for image {name!r}")
-        descriptors = self.file[name]["descriptors"][()]  # (D, N)
+        descriptors = np.asarray(self.file[name]["descriptors"][()])  # (D, N); other tools may store anything
         if descriptors.ndim != 2 or not np.issubdtype(descriptors.dtype, np.floating):
             raise H5FormatError(f"{self.file.filename}: descriptors of {name!r} are {descriptors.dtype} "
                                 f"{descriptors.shape}, expected a float (D, N) array")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import cv2  # noqa: F401  (pycolmap 4.2.1 must be imported after cv2, see the pycolmap tour)
@@ -48,4 +49,13 @@ def small_reconstruction(tmp_path_factory) -> Path:
     scene = write_sample_scene(root / "scene", num_views=6, size=(320, 240))
     config = reconstruct.ReconstructionConfig(weights="hed_vgg16", extraction=ExtractionConfig(max_edge=320))
     reconstruct.main(scene / "images", root / "out", config)
+    return root / "out"
+
+
+@pytest.fixture(scope="module")
+def run_dir(small_reconstruction, tmp_path_factory) -> Path:
+    """A test module's own copy of the session's small reconstruction (and of its scene)."""
+    root = tmp_path_factory.mktemp("run")
+    shutil.copytree(small_reconstruction.parent / "scene", root / "scene")
+    shutil.copytree(small_reconstruction, root / "out")
     return root / "out"

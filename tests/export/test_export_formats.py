@@ -21,15 +21,6 @@ from d2_sfm.h5io import list_h5_names, read_features, read_matches
 from d2_sfm.datasets.formats import read_pairs
 
 
-@pytest.fixture(scope="module")
-def run_dir(small_reconstruction, tmp_path_factory):
-    """This module's own copy of the session's small reconstruction (and of its scene)."""
-    root = tmp_path_factory.mktemp("export_run")
-    shutil.copytree(small_reconstruction.parent / "scene", root / "scene")
-    shutil.copytree(small_reconstruction, root / "out")
-    return root / "out"
-
-
 def h5_match_counts(run_dir) -> dict[tuple[str, str], int]:
     counts = {}
     for name0, name1 in read_pairs(run_dir / "pairs.txt"):

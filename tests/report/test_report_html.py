@@ -21,15 +21,6 @@ BACKGROUND_BGR = (26, 22, 20)  # viewer.js BACKGROUND [20, 22, 26] (RGB)
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
 
-@pytest.fixture(scope="module")
-def run_dir(small_reconstruction, tmp_path_factory):
-    """This module's own copy of the session's small reconstruction (and of its scene)."""
-    root = tmp_path_factory.mktemp("report_run")
-    shutil.copytree(small_reconstruction.parent / "scene", root / "scene")
-    shutil.copytree(small_reconstruction, root / "out")
-    return root / "out"
-
-
 def find_browser() -> str | None:
     return next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
 
