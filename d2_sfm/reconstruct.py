@@ -372,17 +372,10 @@ def camera_warnings(camera: pycolmap.Camera, prior: pycolmap.Camera | None, sour
     return warnings
 
 
-def initial_cameras(database: Path) -> dict[str, dict[str, object]]:
-    """The database's cameras before mapping (the priors), as JSON for the step log: read once
-    when the database is built."""
-    return {str(camera_id): {"model": camera.model.name, "width": camera.width, "height": camera.height,
-                             "params": [float(v) for v in camera.params]}
-            for camera_id, camera in read_cameras(database).items()}
-
-
-def cameras_from_json(cameras: dict[str, dict[str, object]]) -> dict[int, pycolmap.Camera]:
-    return {int(camera_id): pycolmap.Camera(model=c["model"], width=c["width"], height=c["height"], params=c["params"])
-            for camera_id, c in cameras.items()}
+def initial_cameras(database: Path) -> dict[int, pycolmap.Camera]:
+    """The database's cameras before mapping: the priors that assess_model compares with (read
+    without modifying the database)."""
+    return read_cameras(database)
 
 
 def model_statistics(reconstruction: pycolmap.Reconstruction) -> dict[str, object]:
@@ -528,8 +521,7 @@ class Pipeline:
         summary = colmap_db.main(self.out.database, self.image_dir, self.out.pairs, self.out.features,
                                  self.out.matches, self.config.camera, self.config.verification,
                                  self.config.mapper.num_threads)
-        return summary.timings, {"camera_sources": summary.camera_sources, "known_camera_ids": summary.known_camera_ids,
-                                 "initial_cameras": initial_cameras(self.out.database)}
+        return summary.timings, {"camera_sources": summary.camera_sources, "known_camera_ids": summary.known_camera_ids}
 
     def map(self, resume: bool) -> tuple[dict, dict]:
         start = time.time()
@@ -609,8 +601,7 @@ class Pipeline:
         reconstruction = pycolmap.Reconstruction(str(self.out.sfm))
         stats = colmap_db.read_pair_stats(self.out.pair_stats)
         assessment = assess_model(reconstruction, stats, self.log.get("database", "camera_sources", {}),
-                                  cameras_from_json(self.log.get("database", "initial_cameras", {})), len(listed),
-                                  self.config.reliability)
+                                  initial_cameras(self.out.database), len(listed), self.config.reliability)
         data: dict[str, object] = {"status": assessment.status, "images": str(self.image_dir),
                                    "num_images": len(listed), "num_with_features": len(self.names)}
         data.update(model_statistics(reconstruction))

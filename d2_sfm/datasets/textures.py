@@ -91,13 +91,16 @@ def random_patch(photo: np.ndarray, size_wh: tuple[int, int], rng: np.random.Gen
     return tinted(patch, rng)
 
 
-def collage(size_wh: tuple[int, int], rng: np.random.Generator, patch_size: int = 96) -> np.ndarray:
+def collage(size_wh: tuple[int, int], rng: np.random.Generator, patch_size: int = 96,
+            photos: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
     """A texture (H, W, 3) uint8 RGB: a full-size photo background under overlapping crops.
 
-    About one patch per `patch_size`^2 pixels, each 0.5-2x `patch_size` per side.
+    About one patch per `patch_size`^2 pixels, each 0.5-2x `patch_size` per side. `photos`
+    (RGB uint8) replaces the bundled PHOTOS, e.g. the training pool of d2_sfm.training.photos;
+    None keeps the synthetic datasets' textures exactly as before.
     """
     w, h = size_wh
-    photos = load_photos()
+    photos = load_photos() if photos is None else photos
     canvas = random_patch(photos[rng.integers(len(photos))], (w, h), rng)
     num_patches = max(1, int(round(w * h / patch_size ** 2)))
     for _ in range(num_patches):

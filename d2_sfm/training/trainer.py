@@ -4,12 +4,24 @@ Checkpoints are in the official layout, `{"model": state_dict, ...}` (load them 
 `d2_sfm.weights.load_state_dict` or `D2Extractor(weights=path)`), plus the training state:
   DIR/last.pth              latest step (model, optimizer, step, history, best score, config)
   DIR/step_<N>.pth          every `checkpoint_every` steps
-  DIR/best.pth              best validation MMA@3 px on the held-out homography pairs
-  DIR/log.jsonl             one JSON object per logged step / validation
+  DIR/best.pth              best validation MMA@3 px on the held-out pairs (d2_sfm.training.validation)
+  DIR/log.jsonl             one JSON object per logged step / validation / rollback
+  DIR/weights.pth           at the end: the selected weights alone (float16, official layout)
+  DIR/model_card.md         at the end: data, recipe, seed and the measured numbers
 Data order depends only on (seed, step) (see ByPosition), so a resumed run sees the same pairs.
+
+Recipe against collapse (d2_sfm_v1's first stage collapsed to one descriptor, spread 0.99):
+stage 1 trains `train_layers` (default conv4_3, as officially) at `lr`; from `stage2_step` on,
+`stage2_layers` train at lr * stage2_lr_factor. Gradients are clipped to norm `grad_clip`, and a
+spread term, spread_weight * relu(spread - spread_target), pushes random descriptors apart when
+they drift together. The spread (mean cosine of random cell pairs) is logged; a log window above
+`collapse_spread` for `collapse_patience` windows in a row rolls the weights and optimizer back to
+the last healthy window with half the learning rate, at most `max_rollbacks` times, then the run
+stops with TrainingCollapsed (also when there is no healthy state to return to).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -23,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..detection import detect, keep_refined
+from ..errors import D2SfmError
 from ..model import preprocess
 from ..weights import load_state_dict, resolve, save_checkpoint
 from .homography_eval import d2_features, evaluate, list_pairs
@@ -33,17 +46,23 @@ from .soft_detection import soft_detection_scores
 
 logger = logging.getLogger(__name__)
 
-VALIDATION_PAIRS = ("graffiti 1-3", "boat 1-2")  # held-out real pairs used to select checkpoints
+VALIDATION_PAIRS = ("graffiti 1-3", "boat 1-2")  # only with an explicit --validation-data folder
 SYNTHETIC_LENGTH = 100_000  # pairs per synthetic "epoch" (each drawn from (seed, epoch, index))
+HELD_OUT = "synthetic"  # validation_data value: held-out rendered + homography pairs (no evaluation image)
+DATA_KINDS = ("mixed", "rendered", "homography")
+
+
+class TrainingCollapsed(D2SfmError):
+    """The descriptors collapsed (spread near 1) and rolling back did not help."""
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     output: str  # folder for checkpoints and log.jsonl
     init: str = "hed_vgg16"  # weights name or checkpoint path (ignored when resuming)
-    train_layers: str = "conv3+"  # conv4_3 | conv4 | conv3+ | all
+    train_layers: str = "conv4_3"  # stage 1: conv4_3 | conv4 | conv3+ | all
     steps: int = 20000
-    lr: float = 3e-5
+    lr: float = 1e-4
     batch_size: int = 8
     device: str = "cpu"
     seed: int = 1
@@ -53,20 +72,46 @@ class TrainConfig:
     log_every: int = 50
     validate_every: int = 1000
     checkpoint_every: int = 1000
-    validation_data: str | None = "../shared/data/homography"  # held-out sequences; None or absent: skip
+    validation_data: str | None = HELD_OUT  # "synthetic", a homography-sequence folder, or None: skip
     weight_decay: float = 0.0
     warp_strength: float = 1.0  # synthetic pairs: scales rotation (25 deg), scale ratio, perspective
     max_minutes: float | None = None  # stop cleanly (validate, save) after this much training time
+    data: str = "mixed"  # mixed | rendered | homography (ignored with megadepth)
+    homography_share: float = 0.3  # mixed: share of homography pairs
+    stage2_step: int = 0  # 0: one stage; else stage 2 starts at this step
+    stage2_layers: str = "conv3+"
+    stage2_lr_factor: float = 0.1
+    grad_clip: float = 1.0  # max gradient norm; 0: off
+    spread_weight: float = 1.0  # 0: no spread term
+    spread_target: float = 0.5  # the spread term acts above this mean cosine
+    detach_scores: bool = False  # True: soft-detection weights carry no gradient (descriptor-only loss)
+    collapse_spread: float = 0.9
+    collapse_patience: int = 2
+    max_rollbacks: int = 2
 
 
 def build_dataset(config: TrainConfig) -> torch.utils.data.Dataset:
+    """MegaDepth when given; else rendered 3D pairs and/or homography pairs of the training photos
+    (d2_sfm.training.photos: never a validation or evaluation image)."""
     if config.megadepth:
         from .megadepth import MegaDepthConfig, MegaDepthPairs
         return MegaDepthPairs(Path(config.megadepth), config=MegaDepthConfig(crop_size=config.crop_size),
                               seed=config.seed)
-    from .synthetic_pairs import SyntheticPairs, WarpConfig, load_source_photos
-    return SyntheticPairs(load_source_photos(), SYNTHETIC_LENGTH, seed=config.seed,
-                          warp=WarpConfig(crop_size=config.crop_size).scaled(config.warp_strength))
+    if config.data not in DATA_KINDS:
+        raise D2SfmError(f"unknown training data {config.data!r}: expected one of {', '.join(DATA_KINDS)}")
+    from . import photos
+    from .rendered_pairs import MixedPairs, RenderConfig, RenderedPairs
+    from .synthetic_pairs import SyntheticPairs, WarpConfig
+    images = photos.pool("train")
+    homography = SyntheticPairs(list(images), SYNTHETIC_LENGTH, seed=config.seed,
+                                warp=WarpConfig(crop_size=config.crop_size).scaled(config.warp_strength))
+    if config.data == "homography":
+        return homography
+    rendered = RenderedPairs(images, SYNTHETIC_LENGTH, seed=config.seed,
+                             config=RenderConfig(crop_size=config.crop_size))
+    if config.data == "rendered":
+        return rendered
+    return MixedPairs(rendered, homography, config.homography_share, seed=config.seed)
 
 
 class ByPosition(torch.utils.data.Dataset):
@@ -103,13 +148,19 @@ class StepBatches(torch.utils.data.Sampler):
         return max(0, self.stop - self.start)
 
 
-def descriptor_spread(dense: torch.Tensor, samples: int, generator: torch.Generator) -> float:
-    """Mean cosine between random pairs of distinct cells' unit descriptors; near 1 means collapse."""
-    descriptors = F.normalize(dense.detach().permute(0, 2, 3, 1).reshape(-1, dense.shape[1]), dim=1)
+def spread_term(dense: torch.Tensor, samples: int, generator: torch.Generator) -> torch.Tensor:
+    """Mean cosine between random pairs of distinct cells' unit descriptors (differentiable);
+    near 1 means collapse. hed_vgg16 starts near 0.58, d2_sfm_v1 sits near 0.05."""
+    descriptors = F.normalize(dense.permute(0, 2, 3, 1).reshape(-1, dense.shape[1]), dim=1)
     first = torch.randint(len(descriptors), (samples,), generator=generator).to(dense.device)
     second = torch.randint(len(descriptors), (samples,), generator=generator).to(dense.device)
     keep = first != second
-    return (descriptors[first[keep]] * descriptors[second[keep]]).sum(dim=1).mean().item()
+    return (descriptors[first[keep]] * descriptors[second[keep]]).sum(dim=1).mean()
+
+
+def descriptor_spread(dense: torch.Tensor, samples: int, generator: torch.Generator) -> float:
+    """`spread_term` as a number, without gradient."""
+    return spread_term(dense.detach(), samples, generator).item()
 
 
 def keypoint_count(dense: torch.Tensor) -> int:
@@ -134,14 +185,28 @@ class Trainer:
                 logger.warning("No checkpoint at %s: starting from %s", last, config.init)
             self.model.load_state_dict(load_state_dict(resolve(config.init).path), strict=True)
             state = None
-        params = self.model.set_trainable(config.train_layers)
-        self.optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.stage = 0
+        self.set_stage(2 if config.stage2_step and self.step >= config.stage2_step else 1)
         if state is not None:
             self.optimizer.load_state_dict(state["optimizer"])
+        self.rollbacks = int(state.get("rollbacks", 0)) if state is not None else 0
         self.dataset = build_dataset(config)
         self.validation = self.validation_pairs()
         self.generator = torch.Generator().manual_seed(config.seed)
         self.extractor = None
+        self.healthy: dict | None = None  # weights + optimizer at the last window below collapse_spread
+        self.unhealthy_windows = 0
+        self.started = time.time()
+
+    def set_stage(self, stage: int) -> None:
+        """Unfreeze the stage's layers and make a fresh Adam at the stage's learning rate."""
+        layers = self.config.train_layers if stage == 1 else self.config.stage2_layers
+        lr = self.config.lr * (1.0 if stage == 1 else self.config.stage2_lr_factor)
+        params = self.model.set_trainable(layers)
+        self.optimizer = torch.optim.Adam(params, lr=lr, weight_decay=self.config.weight_decay)
+        if self.stage and stage != self.stage:
+            logger.info("Stage %d from step %d: training %s at lr %.2g", stage, self.step, layers, lr)
+        self.stage = stage
 
     def load(self, path: Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -156,10 +221,16 @@ class Trainer:
         return state
 
     def validation_pairs(self) -> list:
+        """Held-out synthetic pairs (default), or VALIDATION_PAIRS of a homography-sequence folder
+        (those are evaluation pairs: only for comparing with old runs), or none."""
         root = self.config.validation_data
+        if root == HELD_OUT:
+            from .validation import validation_pairs
+            return validation_pairs()
         if not root or not Path(root).is_dir():
             logger.info("No validation data (%s): validation skipped", root)
             return []
+        logger.warning("Validating on %s of %s: these are evaluation pairs", ", ".join(VALIDATION_PAIRS), root)
         return [p for p in list_pairs(Path(root)) if p.name in VALIDATION_PAIRS]
 
     def batches(self):
@@ -172,16 +243,24 @@ class Trainer:
         batch = batch.to(self.device)
         images = preprocess(torch.cat([batch.image1, batch.image2]), "caffe")
         dense = self.model(images)
-        scores = soft_detection_scores(dense)
+        scores = soft_detection_scores(dense.detach() if self.config.detach_scores else dense)
         size = len(batch.image1)
         result = batch_loss(dense[:size], dense[size:], scores[:size], scores[size:], batch.correspondences)
         if result.loss is None:
             return None
+        # the cells sampled for the spread depend on (seed, step) only, so a resumed run matches
+        spread = spread_term(dense, 512, torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.step))
+        total = result.loss
+        if self.config.spread_weight > 0:
+            total = total + self.config.spread_weight * F.relu(spread - self.config.spread_target)
         self.optimizer.zero_grad(set_to_none=True)
-        result.loss.backward()
+        total.backward()
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip if self.config.grad_clip > 0
+                                                   else float("inf"))
         self.optimizer.step()
         return {"loss": result.loss.item(), "triplet_accuracy": result.triplet_accuracy,
-                "valid_pairs": result.valid_pairs, "spread": descriptor_spread(dense, 512, self.generator),
+                "valid_pairs": result.valid_pairs, "spread": spread.item(), "grad_norm": float(grad_norm),
                 "keypoints": keypoint_count(dense[0])}
 
     def run(self) -> Path:
@@ -191,6 +270,9 @@ class Trainer:
         if self.step == 0 and self.validation:
             self.validate()
         for batch in self.batches():
+            if self.config.stage2_step and self.step == self.config.stage2_step and self.stage == 1:
+                self.set_stage(2)
+                self.healthy = None  # a stage-1 snapshot has other trainable layers
             stats = self.train_step(batch)
             self.step += 1
             out_of_time = self.config.max_minutes is not None and time.time() - start > 60 * self.config.max_minutes
@@ -201,6 +283,7 @@ class Trainer:
             last = out_of_time or self.step == self.config.steps
             if self.step % self.config.log_every == 0 or last:
                 self.log_window(window, skipped, time.time() - start)
+                self.watch_collapse(window)
                 window, skipped = [], 0
             if self.validation and (self.step % self.config.validate_every == 0 or last):
                 self.validate()
@@ -212,10 +295,42 @@ class Trainer:
         self.save(self.output / "last.pth")
         return self.output / "last.pth"
 
+    def watch_collapse(self, window: list[dict[str, float]]) -> None:
+        """Snapshot a healthy window; after `collapse_patience` collapsed windows roll back (lr
+        halved) or, with no healthy state or rollbacks left, stop with TrainingCollapsed."""
+        if not window:
+            return
+        spread = float(np.mean([w["spread"] for w in window]))
+        if spread < self.config.collapse_spread:
+            self.unhealthy_windows = 0
+            self.healthy = {"model": copy.deepcopy(self.model.state_dict()),
+                            "optimizer": copy.deepcopy(self.optimizer.state_dict()), "step": self.step}
+            return
+        self.unhealthy_windows += 1
+        logger.warning("Descriptor spread %.3f >= %.2f at step %d (%d window(s) in a row)", spread,
+                       self.config.collapse_spread, self.step, self.unhealthy_windows)
+        if self.unhealthy_windows < self.config.collapse_patience:
+            return
+        if self.healthy is None or self.rollbacks >= self.config.max_rollbacks:
+            self.record({"step": self.step, "event": "collapsed", "spread": spread, "rollbacks": self.rollbacks})
+            raise TrainingCollapsed(f"training in {self.output} stopped at step {self.step}: descriptors collapsed "
+                                    f"(spread {spread:.3f} >= {self.config.collapse_spread}) after "
+                                    f"{self.rollbacks} rollback(s); best.pth and step_*.pth are unaffected")
+        self.model.load_state_dict(self.healthy["model"])
+        self.optimizer.load_state_dict(self.healthy["optimizer"])
+        for group in self.optimizer.param_groups:
+            group["lr"] *= 0.5
+        self.rollbacks += 1
+        self.unhealthy_windows = 0
+        self.record({"step": self.step, "event": "rollback", "to_step": self.healthy["step"], "spread": spread,
+                     "lr": self.optimizer.param_groups[0]["lr"]})
+        logger.warning("Rolled back to the weights of step %d, lr now %.2g", self.healthy["step"],
+                       self.optimizer.param_groups[0]["lr"])
+
     def log_window(self, window: list[dict[str, float]], skipped: int, elapsed: float) -> None:
-        entry = {"step": self.step, "skipped_steps": skipped, "elapsed_s": round(elapsed, 1)}
-        for key in ("loss", "triplet_accuracy", "spread", "keypoints", "valid_pairs"):
-            values = [w[key] for w in window]
+        entry = {"step": self.step, "skipped_steps": skipped, "elapsed_s": round(elapsed, 1), "stage": self.stage}
+        for key in ("loss", "triplet_accuracy", "spread", "grad_norm", "keypoints", "valid_pairs"):
+            values = [w[key] for w in window if key in w]
             entry[key] = float(np.mean(values)) if values else float("nan")
         self.record(entry)
         logger.info("step %d loss %.4f acc %.3f spread %.3f kp/crop %.0f skipped %d (%.0f s)", self.step,
@@ -227,15 +342,19 @@ class Trainer:
         if self.extractor is None:  # built once; its weights are replaced by the current ones
             self.extractor = D2Extractor(weights=self.config.init, config=ExtractionConfig(), device=self.device)
         self.extractor.model.load_state_dict(self.model.state_dict(), strict=True)
-        results = evaluate(d2_features(self.extractor), self.validation)
-        score = float(np.mean([r.mma[2] for r in results]))
-        entry = {"step": self.step, "val_mma3": score,
-                 "val_matches": float(np.mean([r.matches for r in results])),
-                 "val_keypoints": float(np.mean([sum(r.keypoints) / 2 for r in results])),
-                 **{f"val_mma3 {r.name}": r.mma[2] for r in results}}
+        if self.config.validation_data == HELD_OUT:
+            from .validation import evaluate as evaluate_held_out
+            entry = {"step": self.step, **evaluate_held_out(d2_features(self.extractor), self.validation)}
+            score = entry["val_mma3"]
+        else:
+            results = evaluate(d2_features(self.extractor), self.validation)
+            score = float(np.mean([r.mma[2] for r in results]))
+            entry = {"step": self.step, "val_mma3": score,
+                     "val_matches": float(np.mean([r.matches for r in results])),
+                     "val_keypoints": float(np.mean([sum(r.keypoints) / 2 for r in results])),
+                     **{f"val_mma3 {r.name}": r.mma[2] for r in results}}
         self.record(entry)
-        logger.info("validation at step %d: MMA@3 %.3f, matches %.0f, keypoints %.0f", self.step, score,
-                    entry["val_matches"], entry["val_keypoints"])
+        logger.info("validation at step %d: MMA@3 %.3f, matches %.0f", self.step, score, entry["val_matches"])
         if score > self.best:
             self.best = score
             self.save(self.output / "best.pth")
@@ -249,7 +368,8 @@ class Trainer:
     def save(self, path: Path) -> Path:
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         return save_checkpoint(state, path, step=self.step, optimizer=self.optimizer.state_dict(),
-                               history=self.history, best=self.best, config=dataclasses.asdict(self.config))
+                               history=self.history, best=self.best, config=dataclasses.asdict(self.config),
+                               rollbacks=self.rollbacks)
 
 
 def export_weights(checkpoint: Path, destination: Path, half: bool = True, **metadata: object) -> Path:
