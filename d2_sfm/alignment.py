@@ -16,10 +16,9 @@ import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2  # noqa: F401  (before pycolmap, see the pycolmap tour)
 import numpy as np
-import pycolmap
 
+from .colmap import pycolmap
 from .errors import D2SfmError
 
 BUNDLER_TO_COLMAP = np.diag([1.0, -1.0, -1.0])

@@ -32,10 +32,9 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
-import cv2  # noqa: F401  (imported before pycolmap: pycolmap 4.2.1 first breaks cv2's PNG writer)
 import numpy as np
-import pycolmap
 
+from .colmap import pycolmap
 from .cli import run_cli
 from .errors import D2SfmError, check_options
 from .h5io import list_h5_names, open_h5, read_image_size, read_keypoints, read_matches

@@ -13,9 +13,7 @@ import mmap
 import struct
 from pathlib import Path
 
-import cv2  # noqa: F401  (pycolmap 4.2.1 must be imported after cv2, see the pycolmap tour)
-import pycolmap
-
+from .colmap import pycolmap
 from .errors import D2SfmError
 
 MODEL_FILES = ("cameras", "images", "points3D")

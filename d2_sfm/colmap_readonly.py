@@ -13,10 +13,9 @@ import sqlite3
 from pathlib import Path
 from typing import Iterator
 
-import cv2  # noqa: F401  (pycolmap 4.2.1 must be imported after cv2, see the pycolmap tour)
 import numpy as np
-import pycolmap
 
+from .colmap import pycolmap
 from .errors import D2SfmError
 
 MAX_IMAGE_ID = 2147483647  # COLMAP's pair_id = smaller id * MAX_IMAGE_ID + larger id

@@ -128,20 +128,3 @@ def sample_descriptors(dense: torch.Tensor, position: torch.Tensor) -> tuple[tor
     descriptors = ((1 - wi) * (1 - wj) * dense[:, i0, j0].T + (1 - wi) * wj * dense[:, i0, j1].T
                    + wi * (1 - wj) * dense[:, i1, j0].T + wi * wj * dense[:, i1, j1].T)
     return F.normalize(descriptors, dim=1), valid
-
-
-def hard_detection_dense(dense: torch.Tensor, edge_threshold: float = EDGE_THRESHOLD) -> torch.Tensor:
-    """Dense reference of the official HardDetectionModule: (C, h, w) bool. For tests only."""
-    x = dense[:, None]  # (C, 1, h, w): each channel as its own image
-    depth_wise_max = dense == dense.max(dim=0, keepdim=True).values
-    local_max = dense == F.max_pool2d(x, 3, stride=1, padding=1)[:, 0]
-    kernels = {
-        "dii": [[0, 1.0, 0], [0, -2.0, 0], [0, 1.0, 0]],
-        "djj": [[0, 0, 0], [1.0, -2.0, 1.0], [0, 0, 0]],
-        "dij": [[0.25, 0, -0.25], [0, 0, 0], [-0.25, 0, 0.25]],
-    }
-    d = {k: F.conv2d(x, dense.new_tensor(v)[None, None], padding=1)[:, 0] for k, v in kernels.items()}
-    det = d["dii"] * d["djj"] - d["dij"] ** 2
-    trace = d["dii"] + d["djj"]
-    not_edge = (trace * trace / det <= (edge_threshold + 1) ** 2 / edge_threshold) & (det > 0)
-    return depth_wise_max & local_max & not_edge

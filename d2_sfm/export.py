@@ -35,10 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-import cv2  # noqa: F401  (imported before pycolmap: pycolmap 4.2.1 first breaks cv2's PNG writer)
 import numpy as np
-import pycolmap
 
+from .colmap import pycolmap
 from .cli import run_cli
 from .colmap_readonly import read_cameras, read_image_ids
 from .colmap_model import read_model

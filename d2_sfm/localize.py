@@ -38,11 +38,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
-import cv2  # noqa: F401  (pycolmap 4.2.1 must be imported after cv2, see the pycolmap tour)
 import h5py
 import numpy as np
-import pycolmap
 
+from .colmap import pycolmap
 from .fingerprint import file_fingerprint, settings_fingerprint
 from . import extract, match, triangulate
 from .cli import add_extraction_arguments, extraction_config_from_args, run_cli
@@ -53,7 +52,8 @@ from .datasets import DatasetError
 from .datasets.aachen import DATABASE_FILE, DB_INTRINSICS_FILE, IMAGE_DIR, MODEL_V1_1_DIR, NVM_FILE, AachenDataset
 from .datasets.formats import (camera_to_fields, read_nvm, read_pairs as read_retrieval_pairs, read_poses,
                                write_pairs, write_poses)
-from .datasets.inloc import CUTOUT_DIR, QUERY_DIR, InLocDataset
+from .datasets.inloc import CUTOUT_DIR, QUERY_DIR, InLocDataset, read_query_floors
+from .errors import check_options
 from .extractor import D2Extractor, ExtractionConfig
 from .h5io import list_h5_names
 from .localization import covisibility, evaluate, pose_from_cutouts, pose_from_model
@@ -111,6 +111,11 @@ class LocalizationConfig:
     matcher: MatcherConfig = field(default_factory=MatcherConfig)
     # GeM retrieval settings (image size, pooling); the number of neighbours is num_retrieved
     retrieval: PairsConfig = field(default_factory=lambda: PairsConfig(mode="retrieval"))
+
+    def __post_init__(self) -> None:
+        check_options("localization", num_retrieved=self.num_retrieved is not None and self.num_retrieved < 1,
+                      num_covisible=self.num_covisible < 1, min_cutout_matches=self.min_cutout_matches < 0,
+                      ransac_max_error=self.ransac_max_error is not None and not self.ransac_max_error > 0)
 
     def as_dict(self) -> dict[str, object]:
         return json.loads(json.dumps(asdict(self), default=str))
@@ -322,8 +327,7 @@ class InLocScene:
         there is one, else the floor of each query's best retrieved cutout."""
         floors_file = self.dataset.root / SYNTHETIC_QUERY_FLOORS
         if floors_file.is_file():
-            return {fields[0]: fields[1] for fields in map(str.split, floors_file.read_text().splitlines())
-                    if len(fields) == 2}
+            return read_query_floors(floors_file)
         return {results_name(name): self.dataset.cutout(names[0]).floor
                 for name, names in retrieval.items() if names}
 

@@ -34,12 +34,13 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import cv2  # noqa: F401  (imported before pycolmap: pycolmap 4.2.1 first breaks cv2's PNG writer)
 import numpy as np
-import pycolmap
+import scipy.sparse
 import torch
+from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
+from .colmap import pycolmap
 from .fingerprint import file_fingerprint, settings_fingerprint
 from . import colmap_db, extract, match, pairs
 from .atomic import write_json
@@ -284,19 +285,25 @@ def strongly_connected_core(names: list[str], graph: dict[str, dict[str, int]], 
 
     Images outside it were registered through weak pairs only: on repetitive or symmetric objects
     those are exactly the confident false pairs (e.g. temple views 100-170 degrees apart with 50 inliers).
+    Empty when no two images are so connected; among equally large groups, the one holding the
+    alphabetically first name.
     """
-    remaining, best = set(names), set()
-    while remaining:
-        stack, group = [remaining.pop()], set()
-        while stack:
-            name = stack.pop()
-            group.add(name)
-            for other, inliers in graph.get(name, {}).items():
-                if other in remaining and inliers >= min_inliers:
-                    remaining.discard(other)
-                    stack.append(other)
-        best = max(best, group, key=len)
-    return best if len(best) > 1 else set()
+    order = sorted(set(names))
+    if not order:
+        return set()
+    index = {name: i for i, name in enumerate(order)}
+    edges = [(index[name], index[other]) for name in order for other, inliers in graph.get(name, {}).items()
+             if other in index and inliers >= min_inliers]
+    rows, cols = (list(ends) for ends in zip(*edges)) if edges else ([], [])
+    adjacency = scipy.sparse.coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(order), len(order)))
+    count, labels = connected_components(adjacency, directed=False)
+    sizes = np.bincount(labels, minlength=count)
+    # Ties between largest groups: the one holding the alphabetically first name, whatever the labelling.
+    first = np.full(count, len(order))
+    np.minimum.at(first, labels, np.arange(len(order)))
+    largest = np.flatnonzero(sizes == sizes.max())
+    best = largest[np.argmin(first[largest])]
+    return {order[i] for i in np.flatnonzero(labels == best)} if sizes[best] > 1 else set()
 
 
 def stability_pairs(reconstruction: pycolmap.Reconstruction, pair_stats: list[PairStats], count: int,

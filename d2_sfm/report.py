@@ -28,8 +28,8 @@ from pathlib import Path
 import cv2
 import h5py
 import numpy as np
-import pycolmap
 
+from .colmap import pycolmap
 from .cli import run_cli
 from .colmap_db import PairStats, read_pair_stats
 from .colmap_model import read_model

@@ -24,11 +24,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2  # noqa: F401  (imported before pycolmap: pycolmap 4.2.1 first breaks cv2's PNG writer)
 import numpy as np
-import pycolmap
 from tqdm import tqdm
 
+from .colmap import pycolmap
 from .colmap_model import read_model
 from . import colmap_db
 from .cli import run_cli

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pycolmap
 
+from .colmap import pycolmap
 from .atomic import atomic_path
 from .cli import run_cli
 from .colmap_model import read_model

@@ -15,16 +15,19 @@ Every checkpoint is handled in the official layout, `{"model": state_dict}` with
 from __future__ import annotations
 
 import argparse
+import contextlib
+import http.client
 import logging
 import os
 import pickle
 import re
+import socket
+import sys
 import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Iterator
 
 import h5py
 import numpy as np
@@ -169,8 +172,22 @@ def hed_checkpoint() -> Path:
     return path
 
 
+@contextlib.contextmanager
+def socket_timeout(seconds: float) -> Iterator[None]:
+    """Bound every socket operation for the duration of the block: `torch.hub.download_url_to_file`
+    has no timeout argument, and a network that drops packets would otherwise hang the download
+    (and with it the offline fallback of `resolve_default`) forever."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
 def download_official(name: str, timeout: float = 20.0) -> Path:
-    """Download an official checkpoint into the cache (atomically) and validate it."""
+    """Download an official checkpoint into the cache and validate it before it enters the cache
+    (a proxy's HTML page or a truncated file must never be taken for weights)."""
     path = cache_dir() / f"{name}.pth"
     if path.is_file():
         return path
@@ -179,10 +196,9 @@ def download_official(name: str, timeout: float = 20.0) -> Path:
     tmp = path.with_suffix(".pth.download")
     logger.info("Downloading %s to %s", url, path)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
-            while block := response.read(1 << 20):
-                out.write(block)
-    except (urllib.error.URLError, OSError, TimeoutError) as error:
+        with socket_timeout(timeout):
+            torch.hub.download_url_to_file(url, str(tmp), progress=sys.stderr.isatty())
+    except (OSError, http.client.HTTPException) as error:  # URLError, HTTPError, timeouts, cut transfers
         tmp.unlink(missing_ok=True)
         raise WeightsError(f"could not download {url} ({error}). Offline? Download it elsewhere "
                            f"and place it at {path}, or pass --weights /path/to/{name}.pth") from error

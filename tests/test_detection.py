@@ -1,9 +1,9 @@
 """Detection maths on hand-built feature maps."""
 import torch
 
-from d2_sfm.detection import (Detections, channel_maxima, derivatives, detect, hard_detection_dense,
-                              is_local_maximum, is_not_edge, keep_refined, neighbourhoods, newton_step,
-                              sample_descriptors)
+from d2_sfm.detection import (Detections, channel_maxima, derivatives, detect, is_local_maximum, is_not_edge,
+                              keep_refined, neighbourhoods, newton_step, sample_descriptors)
+from dense_detection_reference import hard_detection_dense
 
 
 def gaussian_blob(height, width, ci, cj, sigma_i=1.5, sigma_j=1.5):

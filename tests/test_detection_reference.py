@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from d2_sfm import detection
-from d2_sfm.detection import detect, hard_detection_dense
+from d2_sfm.detection import detect
 from d2_sfm.pyramid import detect_level
+from dense_detection_reference import hard_detection_dense
 
 FILTERS = {
     "di": [[0, -0.5, 0], [0, 0, 0], [0, 0.5, 0]],

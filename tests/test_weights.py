@@ -1,6 +1,11 @@
 """Checkpoints in the official layout, the HED conversion, and clear errors for bad weights."""
 import argparse
+import functools
+import http.server
 import logging
+import socket
+import threading
+import urllib.error
 
 import h5py
 import numpy as np
@@ -90,9 +95,9 @@ def test_unknown_name_is_reported():
 
 def test_named_checkpoint_offline_says_where_to_put_it(cache_home, monkeypatch):
     def refuse(*args, **kwargs):
-        raise weights.urllib.error.URLError("no network")
+        raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(weights.urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
     with pytest.raises(WeightsError) as error:
         load_model("d2_tf")
     assert "dusmanu.com/files/d2-net/d2_tf.pth" in str(error.value)
@@ -119,30 +124,46 @@ def test_default_prefers_cached_d2_tf_else_offline_hed(cache_home, monkeypatch, 
     assert weights.resolve(None).name == "d2_tf"
 
 
-def test_download_is_validated_before_it_enters_the_cache(cache_home, monkeypatch, tmp_path):
-    class FakeResponse:
-        def __init__(self, data):
-            self.data = data
+@pytest.fixture
+def local_server(tmp_path, monkeypatch):
+    """A real HTTP server on 127.0.0.1 serving tmp_path/served; OFFICIAL_URL points at it."""
+    served = tmp_path / "served"
+    served.mkdir()
+    monkeypatch.setenv("no_proxy", "127.0.0.1")  # a proxy from the environment must not see it
+    handler = functools.partial(QuietHandler, directory=str(served))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        monkeypatch.setattr(weights, "OFFICIAL_URL", f"http://127.0.0.1:{server.server_port}/{{name}}.pth")
+        yield served
+        server.shutdown()
+        thread.join()
 
-        def __enter__(self):
-            return self
 
-        def __exit__(self, *exc):
-            return False
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
 
-        def read(self, size):
-            chunk, self.data = self.data[:size], self.data[size:]
-            return chunk
 
-    monkeypatch.setattr(weights.urllib.request, "urlopen", lambda *a, **k: FakeResponse(b"<html>404</html>"))
+def test_download_is_validated_before_it_enters_the_cache(cache_home, local_server, tmp_path):
+    (local_server / "d2_tf.pth").write_bytes(b"<html>404</html>")
     with pytest.raises(WeightsError):
         weights.download_official("d2_tf")
     assert not (cache_home / "d2_tf.pth").exists()
     good = tmp_path / "good.pth"
     official_style_checkpoint(good)
-    monkeypatch.setattr(weights.urllib.request, "urlopen", lambda *a, **k: FakeResponse(good.read_bytes()))
+    (local_server / "d2_tf.pth").write_bytes(good.read_bytes())
     assert weights.download_official("d2_tf") == cache_home / "d2_tf.pth"
     assert weights.resolve("d2_tf").sha256 == weights.file_sha256(good)
+
+
+def test_http_error_is_one_weights_error_and_the_socket_timeout_is_restored(cache_home, local_server):
+    before = socket.getdefaulttimeout()
+    with pytest.raises(WeightsError, match="d2_ots.pth") as error:
+        weights.download_official("d2_ots", timeout=5)  # not served: HTTP 404
+    assert "\n" not in str(error.value)
+    assert socket.getdefaulttimeout() == before
+    assert not cache_home.exists() or not any(cache_home.iterdir())
 
 
 def test_hed_conversion_transposes_hwio_to_oihw(tmp_path):

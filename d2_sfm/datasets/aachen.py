@@ -22,11 +22,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2  # noqa: F401  (pycolmap 4.2.1 must be imported after cv2, see the pycolmap tour)
 import numpy as np
-import pycolmap
 import scipy.sparse
 
+from ..colmap import pycolmap
 from ..colmap_model import read_model
 from ..colmap_readonly import DatabaseReadError, read_image_ids
 from . import DatasetError

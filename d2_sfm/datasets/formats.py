@@ -15,10 +15,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2  # noqa: F401  (pycolmap 4.2.1 must be imported after cv2, see the pycolmap tour)
 import numpy as np
-import pycolmap
 
+from ..colmap import pycolmap
 from ..paths import UnsafePathError, safe_relative_name
 from ..textfiles import read_text
 from . import DatasetError
@@ -117,12 +116,14 @@ def camera_to_fields(camera: pycolmap.Camera) -> str:
 
 
 def rigid_from_qt(qvec_wxyz: Sequence[float], tvec: Sequence[float], where: str = "pose") -> pycolmap.Rigid3d:
-    """Rigid3d from a COLMAP quaternion (w, x, y, z; normalised here) and a translation."""
+    """Rigid3d from a COLMAP quaternion (w, x, y, z; normalised here unless it is of unit length
+    already) and a translation."""
     q = np.asarray(qvec_wxyz, dtype=np.float64)
     norm = np.linalg.norm(q)
     if not norm > 1e-12:
         raise DatasetError(f"{where}: quaternion {q.tolist()} has zero length")
-    w, x, y, z = q / norm
+    # A unit quaternion is taken as is, so that a pose written and read back is bit-identical.
+    w, x, y, z = q if abs(norm - 1.0) <= 1e-12 else q / norm
     return pycolmap.Rigid3d(pycolmap.Rotation3d(np.array([x, y, z, w])), np.asarray(tvec, dtype=np.float64))
 
 

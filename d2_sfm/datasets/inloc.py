@@ -23,9 +23,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pycolmap
 import scipy.io
 
+from ..colmap import pycolmap
 from . import DatasetError
 from ..textfiles import read_text
 from .formats import checked_name, data_lines, require_file

@@ -39,9 +39,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import cv2  # noqa: F401  (pycolmap 4.2.1 must be imported after cv2, see the pycolmap tour)
-import pycolmap
-
+from ..colmap import pycolmap
 from ..localize import AachenScene, DatasetPreset
 from ..paths import name_problem
 from ..textfiles import read_text_lines

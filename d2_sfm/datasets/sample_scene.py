@@ -16,8 +16,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pycolmap
 
+from ..colmap import pycolmap
 from . import DatasetError
 from .formats import data_lines, num, parse_floats, qt_from_rigid, rigid_from_matrix, rigid_from_qt
 from .render import PinholeCamera, look_at, render

@@ -37,8 +37,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pycolmap
 
+from ..colmap import pycolmap
 from . import DatasetError
 from .aachen import (DATABASE_FILE, DB_INTRINSICS_FILE, IMAGE_DIR, MODEL_V1_1_DIR, NVM_FILE,
                      QUERY_LIST_FILES)

@@ -6,7 +6,7 @@ Modules (each a step with a `main()`, imported on demand):
 - `covisibility`: database pairs from a reference model (shared 3D points, or camera poses when
   the model has no points), for triangulation.
 - `model`: a triangulated model as the pose step reads it (3D point of each keypoint) and
-  covisibility clusters of retrieved images; `features`: HDF5 reading through open handles.
+  covisibility clusters of retrieved images.
 - `pose_from_model`: 2D-3D matches through a triangulated model (Aachen; like hloc localize_sfm).
 - `pose_from_cutouts`: 2D-3D matches through the cutouts' per-pixel `XYZcut` scans (InLoc; like
   hloc localize_inloc).

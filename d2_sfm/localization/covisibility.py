@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pycolmap
 import scipy.sparse
 
+from ..colmap import pycolmap
 from ..cli import run_cli
 from ..datasets.formats import write_pairs
 from .estimation import LocalizationError

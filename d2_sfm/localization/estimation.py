@@ -18,9 +18,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 import numpy as np
-import pycolmap
 from tqdm import tqdm
 
+from ..colmap import pycolmap
 from ..datasets.formats import qt_from_rigid, rigid_from_qt
 from ..errors import D2SfmError
 

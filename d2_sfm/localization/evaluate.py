@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
-import pycolmap
 
+from ..colmap import pycolmap
 from ..alignment import centre, rotation_error_deg
 from ..cli import run_cli
 from ..datasets.formats import read_poses

@@ -6,10 +6,9 @@ from collections import defaultdict
 from functools import lru_cache
 from pathlib import Path
 
-import cv2  # noqa: F401  (pycolmap 4.2.1 must be imported after cv2, see the pycolmap tour)
 import numpy as np
-import pycolmap
 
+from ..colmap import pycolmap
 from ..colmap_model import read_model
 from .estimation import LocalizationError
 

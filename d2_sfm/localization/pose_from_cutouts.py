@@ -21,8 +21,8 @@ from typing import Callable
 
 import h5py
 import numpy as np
-import pycolmap
 
+from ..colmap import pycolmap
 from ..h5io import H5FormatError
 from ..h5io import read_keypoints, read_matches
 from .estimation import (PoseEstimationConfig, QueryLog, QueryResult, colmap_points, estimate_pose,

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import pycolmap
 
+from ..colmap import pycolmap
 from ..h5io import read_keypoints, read_matches
 from .estimation import (LocalizationError, PoseEstimationConfig, QueryLog, QueryResult, colmap_points,
                          estimate_pose, localize_queries)
