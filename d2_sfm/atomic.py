@@ -10,10 +10,22 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from .paths import OutputPathError
+
+
+def real_output(path: Path) -> Path:
+    """The file an output path really names: symbolic links are followed (so a link to an output
+    is written through, not replaced, and shares the target's lock), and something that exists
+    but is not a regular file (a device, a FIFO, a folder) is refused rather than replaced."""
+    real = Path(os.path.realpath(path))
+    if real.exists() and not real.is_file():
+        raise OutputPathError(f"output {path} exists and is not a regular file; d2_sfm only replaces files")
+    return real
+
 
 def partial_path(path: Path) -> Path:
     """Where `path` is written before it replaces the real file: `<path>.partial`, same folder."""
-    path = Path(path)
+    path = Path(os.path.realpath(path))
     return path.with_name(path.name + ".partial")
 
 
@@ -21,7 +33,7 @@ def partial_path(path: Path) -> Path:
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` to write to; on success it replaces `path` at once,
     on any failure it is removed and `path` stays as it was."""
-    path = Path(path)
+    path = real_output(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(path)
     partial.unlink(missing_ok=True)

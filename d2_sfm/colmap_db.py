@@ -37,7 +37,7 @@ import numpy as np
 from .colmap import pycolmap
 from .cli import run_cli
 from .errors import D2SfmError, check_options
-from .h5io import list_h5_names, open_h5, read_image_size, read_keypoints, read_matches
+from .h5io import H5FormatError, list_h5_names, open_h5, read_image_size, read_keypoints, read_matches
 from .atomic import atomic_path, write_json
 from .colmap_log import colmap_log_to
 from .locking import output_lock
@@ -96,7 +96,7 @@ class VerificationConfig:
         check_options("verification", ransac_max_error=not self.max_error > 0,
                       max_num_trials=self.max_num_trials < 1, min_num_inliers=self.min_num_inliers < 0,
                       min_pair_inliers=self.min_pair_inliers < 0,
-                      min_pair_inlier_ratio=not 0 <= self.min_pair_inlier_ratio <= 1,
+                      min_pair_inlier_ratio=not self.min_pair_inlier_ratio >= 0,
                       border_margin=self.border_margin < 0)
 
     def as_dict(self) -> dict[str, object]:
@@ -183,17 +183,24 @@ def known_camera(model: str | None, width: int, height: int, params: tuple[float
         raise DatabaseError(f"{source}: camera model {model} takes {expected} parameters "
                             f"({pycolmap.Camera.create_from_model_name(0, model, 1.0, 1, 1).params_info}),"
                             f" got {len(params)}")
+    if width < 1 or height < 1:
+        raise DatabaseError(f"{source}: image size {width}x{height} must be positive")
     camera = pycolmap.Camera(model=model, width=width, height=height, params=list(params))
+    focal = [camera.params[i] for i in camera.focal_length_idxs()]
+    if not all(np.isfinite(params)) or not all(f > 0 for f in focal):
+        raise DatabaseError(f"{source}: intrinsics {list(params)} must be finite with a positive focal length")
     camera.has_prior_focal_length = True
     return camera
 
 
 def read_intrinsics_file(path: Path) -> dict[str, pycolmap.Camera]:
     """hloc's `queries_with_intrinsics.txt` format: `name MODEL WIDTH HEIGHT p1 p2 ...` per line."""
-    cameras = {}
+    cameras: dict[str, pycolmap.Camera] = {}
     for number, line in read_text_lines(path, "intrinsics file"):
         fields = line.split()
         where = f"{path}:{number}"
+        if fields and safe_relative_name(fields[0], where) in cameras:
+            raise DatabaseError(f"{where}: {fields[0]} is listed twice")
         if len(fields) < 5:
             raise DatabaseError(f"{where}: expected 'name MODEL WIDTH HEIGHT params...', got {line!r}")
         try:
@@ -311,6 +318,10 @@ def border_keypoints(features: Path, names: list[str], margin: float) -> dict[st
         for name in names:
             keypoints = read_keypoints(f, name)
             width, height = read_image_size(f, name)
+            outside = ((keypoints < -1) | (keypoints > np.array([width, height]))).any(axis=1)
+            if outside.any():
+                raise H5FormatError(f"{features}: {int(outside.sum())} keypoints of {name!r} lie outside its "
+                                    f"{width}x{height} image, e.g. {keypoints[outside][0].tolist()}")
             masks[name] = ((keypoints[:, 0] < margin - 0.5) | (keypoints[:, 1] < margin - 0.5)
                            | (keypoints[:, 0] > width - margin - 0.5) | (keypoints[:, 1] > height - margin - 0.5)
                            if margin > 0 else np.zeros(len(keypoints), bool))

@@ -35,7 +35,7 @@ import h5py
 import numpy as np
 
 from .errors import D2SfmError
-from .atomic import partial_path
+from .atomic import partial_path, real_output
 from .fingerprint import FileStamp
 from .locking import output_lock
 
@@ -139,7 +139,7 @@ def atomic_h5(path: Path, fresh: bool = False) -> Iterator[h5py.File]:
     On an exception other than KeyboardInterrupt the partial file is kept for resuming but the
     original stays untouched; on Ctrl-C the progress so far is committed. Holds the output's lock.
     """
-    path = Path(path)
+    path = real_output(path)
     partial = partial_path(path)
     with output_lock(path):
         if fresh:

@@ -54,6 +54,8 @@ from .datasets.formats import (camera_to_fields, read_nvm, read_pairs as read_re
                                write_pairs, write_poses)
 from .datasets.inloc import CUTOUT_DIR, QUERY_DIR, InLocDataset, read_query_floors
 from .errors import check_options
+from .images import read_image_header
+from .paths import resolve_inside
 from .extractor import D2Extractor, ExtractionConfig
 from .h5io import list_h5_names
 from .localization import covisibility, evaluate, pose_from_cutouts, pose_from_model
@@ -497,6 +499,12 @@ def main(dataset: str, root: Path | None = None, output: Path | None = None, pai
     truth = read_poses(ground_truth) if ground_truth is not None else None
     if truth is None and getattr(scene, "ground_truth", None):  # kapture: query/sensors/trajectories.txt
         ground_truth, truth = scene.ground_truth_file, scene.ground_truth
+    check_query_sizes(scene)
+    if truth is not None:
+        without = [name for name in scene.queries if results_name(name) not in truth]
+        if without:
+            logger.warning("%s has no pose for %d of %d queries (e.g. %s): they are left out of the evaluation",
+                           ground_truth, len(without), len(scene.queries), results_name(without[0]))
     retrieval = (top_k_retrieval(listed_pairs, list(scene.queries), scene.db_names, k, pairs)
                  if listed_pairs is not None else None)
     if extractor is None:
@@ -504,6 +512,15 @@ def main(dataset: str, root: Path | None = None, output: Path | None = None, pai
     config = replace(config, extraction=extractor.config)  # a given extractor brings its own settings
     with output_lock(paths.output), colmap_log_to(paths.colmap_log):
         return run(scene, dataset, root, paths, pairs, retrieval, k, config, extractor, ground_truth, truth)
+
+
+def check_query_sizes(scene: Scene) -> None:
+    """A query's known intrinsics must be those of its image's size (read from the header)."""
+    for name, camera in scene.queries.items():
+        header = read_image_header(resolve_inside(scene.image_dir, name))
+        if (camera.width, camera.height) != (header.width, header.height):
+            raise LocalizationError(f"query {name}: its intrinsics are for a {camera.width}x{camera.height} image, "
+                                    f"but {resolve_inside(scene.image_dir, name)} is {header.width}x{header.height}")
 
 
 def run(scene: Scene, dataset: str, root: Path, paths: RunPaths, pairs: Path | None,

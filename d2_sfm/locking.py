@@ -32,7 +32,7 @@ def output_lock(path: Path) -> Iterator[None]:
 
     Re-entrant within one process (a pipeline locks its folder, then its steps lock their files).
     """
-    lock = lock_path(path).absolute()
+    lock = lock_path(Path(os.path.realpath(path)))  # one lock per real file, whatever link names it
     if lock in _held:
         _held[lock] += 1
         try:

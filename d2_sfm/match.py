@@ -21,7 +21,8 @@ from .extractor import resolve_device
 from .fingerprint import settings_fingerprint
 from .formats_d2net import import_d2net_if_changed
 from .h5io import (H5_SUFFIXES, MATCHER, H5FormatError, atomic_h5, current_file, file_attributes, match_records,
-                   names_to_pair, open_h5, prune_incomplete, remove_h5_output, stored_feature_id, write_matches)
+                   names_to_pair, open_h5, prune_incomplete, read_keypoints, remove_h5_output, stored_feature_id,
+                   write_matches)
 from .locking import output_lock
 from .matching import MatcherConfig, match_descriptors
 from .paths import check_output_path
@@ -48,6 +49,10 @@ class DescriptorCache:
         if not np.isfinite(descriptors).all():
             raise H5FormatError(f"{self.file.filename}: descriptors of {name!r} contain NaN or inf; "
                                 "extract that image again")
+        num_keypoints = len(read_keypoints(self.file, name))
+        if descriptors.shape[1] != num_keypoints:
+            raise H5FormatError(f"{self.file.filename}: {name!r} has {descriptors.shape[1]} descriptors for "
+                                f"{num_keypoints} keypoints (expected descriptors of shape (D, N))")
         return torch.from_numpy(descriptors.astype(np.float32).T.copy()).to(self.device)
 
     def pair(self, name0: str, name1: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,7 +108,11 @@ def main(pairs: Path, features: Path, output: Path, config: MatcherConfig = Matc
     is deleted or computed."""
     output = Path(output)
     check_output_path(output, H5_SUFFIXES, "matches file")
+    if Path(features).exists() and output.exists() and output.samefile(features):
+        raise H5FormatError(f"the matches output {output} is the features file; give another --output")
     listed = unique_pairs(read_pairs(pairs))
+    if not listed:
+        raise H5FormatError(f"pairs file {pairs} lists no pair of two different images: nothing to match")
     matcher = matcher_fingerprint(config)
     cache = DescriptorCache(features, resolve_device(device))
     try:

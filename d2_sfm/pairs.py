@@ -208,11 +208,20 @@ def main(output: Path, names: list[str], config: PairsConfig = PairsConfig(), im
 
 
 def image_names(image_dir: Path | None, features: Path | None) -> list[str]:
-    """Sorted names of the images that have features (preferred) or of the image folder."""
+    """Sorted names of the images that have features (preferred) or of the image folder; with
+    both, the images that have features and are still in the folder."""
     if features is not None:
         if not Path(features).is_file():
             raise PairsError(f"features file {features} does not exist")
-        return list_h5_names(features)
+        names = list_h5_names(features)
+        if image_dir is None:
+            return names
+        present = set(list_images(image_dir))
+        gone = [n for n in names if n not in present]
+        if gone:
+            logger.warning("%d image(s) of %s are no longer in %s and are not paired, e.g. %s",
+                           len(gone), features, image_dir, gone[0])
+        return [n for n in names if n in present]
     if image_dir is None:
         raise PairsError("give --images or --features to say which images to pair")
     return list_images(image_dir)

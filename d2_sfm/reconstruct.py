@@ -53,9 +53,9 @@ from .errors import D2SfmError
 from .extractor import D2Extractor, ExtractionConfig
 from .h5io import feature_records, list_h5_names
 from .locking import output_lock
-from .paths import check_pair_key_collisions
+from .paths import check_pair_key_collisions, resolve_inside
 from .weights import resolve as resolve_weights
-from .images import ImageListing, list_images, list_images_report
+from .images import ImageListing, list_images, list_images_report, read_image_header
 from .matching import MatcherConfig
 from .pairs import PairsConfig
 from .report import write_report_or_warn
@@ -83,7 +83,10 @@ class MapperConfig:
     refine_known_intrinsics: bool = False  # known intrinsics (--camera-params) stay fixed by default
     multiple_models: bool = True
     random_seed: int = 0
-    num_threads: int = -1
+    # Bundle adjustment threads. 1 makes mapping repeatable: with several threads, mapping the same
+    # database gave 295 or 298 points from run to run (Ceres's parallel reductions), so a resumed run
+    # could differ from an uninterrupted one. -1: all cores, faster, not bit-repeatable.
+    num_threads: int = 1
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -527,7 +530,7 @@ class Pipeline:
     def database(self, resume: bool) -> tuple[dict, dict]:
         summary = colmap_db.main(self.out.database, self.image_dir, self.out.pairs, self.out.features,
                                  self.out.matches, self.config.camera, self.config.verification,
-                                 self.config.mapper.num_threads)
+                                 -1)  # verification is repeatable with all cores (seeded RANSAC per pair)
         return summary.timings, {"camera_sources": summary.camera_sources, "known_camera_ids": summary.known_camera_ids}
 
     def map(self, resume: bool) -> tuple[dict, dict]:
@@ -686,17 +689,34 @@ def remove_outputs(layout: OutputLayout) -> None:
             path.unlink()
 
 
-def validate_inputs(image_dir: Path, config: ReconstructionConfig, image_list: list[str] | None) -> None:
-    """Everything a run will read, checked before anything is deleted or computed: the images, the
-    weights, a pairs file, known intrinsics."""
+def validate_inputs(image_dir: Path, output: Path, config: ReconstructionConfig,
+                    image_list: list[str] | None) -> None:
+    """Everything a run will read, checked before anything is deleted or computed: the output's
+    place, the images, the weights, a pairs file (its names among the images), known intrinsics
+    (their sizes those of the images)."""
+    if Path(output).resolve().is_relative_to(Path(image_dir).resolve()):
+        raise ReconstructionError(f"output {output} is inside the image folder {image_dir}: d2_sfm never writes "
+                                  "into a user's image folder (and would read its own pictures as images); "
+                                  "choose an output outside it")
     names = image_list or list_images(image_dir)
     check_pair_key_collisions(names, str(image_dir))
     if not config.import_d2net or config.pairs.mode == "retrieval":
         resolve_weights(config.weights, validate=True)
     if config.pairs_file is not None:
-        pairs.validated_user_pairs(config.pairs_file, None)
+        pairs.validated_user_pairs(config.pairs_file, names)
     if config.camera.intrinsics_file is not None:
-        colmap_db.read_intrinsics_file(config.camera.intrinsics_file)
+        check_intrinsics_sizes(config.camera.intrinsics_file, image_dir, names)
+
+
+def check_intrinsics_sizes(intrinsics_file: Path, image_dir: Path, names: list[str]) -> None:
+    """Each known camera must have the size of its image (read from the image's header)."""
+    listed = set(names)
+    for name, camera in colmap_db.read_intrinsics_file(intrinsics_file).items():
+        if name in listed:
+            header = read_image_header(resolve_inside(image_dir, name))
+            if (camera.width, camera.height) != (header.width, header.height):
+                raise ReconstructionError(f"{intrinsics_file}: {name} is {header.width}x{header.height}, "
+                                          f"not {camera.width}x{camera.height}")
 
 
 def main(image_dir: Path, output: Path, config: ReconstructionConfig = ReconstructionConfig(),
@@ -707,7 +727,7 @@ def main(image_dir: Path, output: Path, config: ReconstructionConfig = Reconstru
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise ReconstructionError(f"output {output} exists and is not a folder")
-    validate_inputs(image_dir, config, image_list)
+    validate_inputs(image_dir, output, config, image_list)
     layout = OutputLayout(output)
     output.mkdir(parents=True, exist_ok=True)
     with output_lock(output / "reconstruct"):
@@ -753,7 +773,8 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("mapping")
     group.add_argument("--refine-known-intrinsics", action="store_true",
                        help="let bundle adjustment refine intrinsics given by --camera-params/--intrinsics")
-    group.add_argument("--num-threads", type=int, default=default.mapper.num_threads)
+    group.add_argument("--num-threads", type=int, default=default.mapper.num_threads,
+                       help="bundle-adjustment threads of the mapper (1: repeatable results; -1: all cores)")
     parser.add_argument("--import-d2net", action="store_true",
                         help="use the official <image>.d2-net feature files next to the images (converted once "
                              "into OUT/features.h5) instead of extracting features")

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from .cli import run_cli
+from .locking import output_lock
 from .training.model_card import write_model_card
 from .training.network import TRAINABLE_LAYERS
 from .training.trainer import DATA_KINDS, TrainConfig, Trainer, export_weights
@@ -30,6 +31,12 @@ def main(config: TrainConfig, resume: bool = False, card: bool = True) -> Path:
     the selected weights (best.pth if validation ran, else last.pth) to DIR/weights.pth and write
     DIR/model_card.md."""
     start = time.time()
+    Path(config.output).mkdir(parents=True, exist_ok=True)
+    with output_lock(Path(config.output) / "train"):  # one run per output folder
+        return train_and_export(config, resume, card, start)
+
+
+def train_and_export(config: TrainConfig, resume: bool, card: bool, start: float) -> Path:
     trainer = Trainer(config, resume=resume)
     last = trainer.run()
     if card:

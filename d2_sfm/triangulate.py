@@ -32,8 +32,8 @@ from .colmap_model import read_model
 from . import colmap_db
 from .cli import run_cli
 from .colmap_db import COLMAP_PIXEL_OFFSET, VerificationConfig
-from .errors import D2SfmError
-from .h5io import keypoint_uncertainty, list_h5_names, open_h5, read_keypoints
+from .errors import D2SfmError, check_options
+from .h5io import keypoint_uncertainty, list_h5_names, open_h5, read_image_size, read_keypoints
 from .atomic import atomic_path
 from .colmap_log import colmap_log_to
 from .locking import output_lock
@@ -60,6 +60,8 @@ class TriangulationConfig:
         if self.verification not in VERIFICATION_MODES:
             raise TriangulationError(f"verification {self.verification!r} is not one of "
                                      f"{', '.join(VERIFICATION_MODES)}")
+        check_options("triangulation", max_epipolar_error=not self.max_epipolar_error > 0,
+                      min_num_inliers=self.min_num_inliers < 0)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -154,9 +156,10 @@ def main(reference: pycolmap.Reconstruction | Path, image_dir: Path, pairs: Path
     start = time.time()
     if not Path(image_dir).is_dir():
         raise TriangulationError(f"image folder {image_dir} does not exist or is not a folder")
+    if not isinstance(reference, pycolmap.Reconstruction) and Path(reference).resolve() == Path(output_dir).resolve():
+        raise TriangulationError(f"the output {output_dir} is the reference model's folder: it would be overwritten")
     reference = read_model(reference, TriangulationError)
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     with_features = set(list_h5_names(features))
     model = pycolmap.Reconstruction(reference)
     missing = [im.image_id for im in model.images.values() if im.name not in with_features]
@@ -164,15 +167,34 @@ def main(reference: pycolmap.Reconstruction | Path, image_dir: Path, pairs: Path
         logger.warning("%d of %d reference images have no features in %s; they get no 3D points",
                        len(missing), model.num_images(), features)
     names = {im.name for im in model.images.values()} & with_features
-    pair_list = [(a, b) for a, b in unique_pairs(read_pairs(pairs)) if a in names and b in names]
+    check_image_sizes(model, features, names)
+    listed = unique_pairs(read_pairs(pairs))
+    pair_list = [(a, b) for a, b in listed if a in names and b in names]
+    if len(pair_list) < len(listed):
+        logger.warning("%d of %d pairs of %s name an image that is not in the reference or has no features: "
+                       "left out", len(listed) - len(pair_list), len(listed), pairs)
     if not pair_list:
         raise TriangulationError(f"no pair of {pairs} names two reference images that have features")
+    output_dir.mkdir(parents=True, exist_ok=True)
     with output_lock(output_dir):
         triangulated = build_and_triangulate(model, image_dir, names, pair_list, features, matches, output_dir,
                                              config, mapper_options)
     logger.info("Triangulated %d points from %d images in %.1f s (model in %s)", triangulated.num_points3D(),
                 triangulated.num_reg_images(), time.time() - start, output_dir)
     return triangulated
+
+
+def check_image_sizes(model: pycolmap.Reconstruction, features: Path, names: set[str]) -> None:
+    """Features must come from images of the reference cameras' size (else their keypoints mean
+    other pixels: features of another image set, or resized images)."""
+    with open_h5(features, "features file") as f:
+        for image in model.images.values():
+            if image.name in names:
+                camera = model.camera(image.camera_id)
+                if read_image_size(f, image.name) != (camera.width, camera.height):
+                    raise TriangulationError(f"{features}: features of {image.name} are of a "
+                                             f"{read_image_size(f, image.name)} image, the reference camera is "
+                                             f"{camera.width}x{camera.height}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -160,7 +160,9 @@ def save_pair_matches(image_dir: Path, features: Path, matches: Path, name0: str
     check_output_path(output, PICTURE_SUFFIXES, "picture")
     keypoints0, keypoints1 = read_keypoints(features, name0), read_keypoints(features, name1)
     pair_matches, _ = read_matches(matches, name0, name1, (len(keypoints0), len(keypoints1)))
-    mask = verified_mask(database, name0, name1, pair_matches) if database and Path(database).is_file() else None
+    if database is not None and not Path(database).is_file():
+        raise VisualizationError(f"COLMAP database {database} does not exist")
+    mask = verified_mask(database, name0, name1, pair_matches) if database is not None else None
     canvas = draw_matches(read_image(resolve_inside(image_dir, name0)), read_image(resolve_inside(image_dir, name1)),
                           keypoints0, keypoints1, pair_matches, mask)
     write_picture(output, canvas)

@@ -476,6 +476,10 @@ def write_inloc(output: Path, seed: int, num_db: int, num_queries: int,
 # entry points
 
 
+MAX_IMAGES = 20000  # per kind: Aachen v1.1 has 6,697 database images, InLoc about 10,000 cutouts
+MAX_IMAGE_SIDE = 4096  # px: rendering allocates several float buffers per pixel
+
+
 def main(layout: str, output: Path, seed: int = 0, num_db: int | None = None, num_queries: int | None = None,
          overwrite: bool = False, image_size: tuple[int, int] = IMAGE_SIZE) -> Path:
     """Write a synthetic dataset with the `layout` of a real one into `output`; returns `output`.
@@ -486,10 +490,13 @@ def main(layout: str, output: Path, seed: int = 0, num_db: int | None = None, nu
         raise DatasetError(f"unknown layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
     num_db = DEFAULT_NUM_DB[layout] if num_db is None else num_db
     num_queries = DEFAULT_NUM_QUERIES[layout] if num_queries is None else num_queries
-    if num_db < 2 or num_queries < 1:
-        raise DatasetError(f"need at least 2 database images and 1 query, got {num_db} and {num_queries}")
-    if min(image_size) < 32:
-        raise DatasetError(f"image size must be at least 32 x 32, got {image_size}")
+    if not 2 <= num_db <= MAX_IMAGES or not 1 <= num_queries <= MAX_IMAGES:
+        raise DatasetError(f"need 2..{MAX_IMAGES} database images and 1..{MAX_IMAGES} queries, got {num_db} and "
+                           f"{num_queries}")
+    if min(image_size) < 32 or max(image_size) > MAX_IMAGE_SIDE:
+        raise DatasetError(f"image size must be within 32..{MAX_IMAGE_SIDE} px per side, got {image_size}")
+    if seed < 0:
+        raise DatasetError(f"seed must be a non-negative integer, got {seed}")
     output = prepare_output(output, overwrite)
     if layout == "inloc":
         return write_inloc(output, seed, num_db, num_queries, image_size)

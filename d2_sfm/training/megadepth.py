@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import D2SfmError
+from ..paths import UnsafePathError, safe_relative_name
 from .losses import Correspondences
 from .pairs import PairSample, cell_grid_pixels, image_tensor
 
@@ -147,6 +148,13 @@ def load_scene(path: Path) -> dict[str, np.ndarray]:
     missing = [k for k in SCENE_KEYS if k not in info]
     if missing:
         raise MegaDepthError(f"scene file {path} lacks {', '.join(missing)}")
+    for key in ("image_paths", "depth_paths"):  # names read from a data file stay inside the root
+        for name in info[key]:
+            if name is not None:
+                try:
+                    safe_relative_name(str(name), f"{path} {key}")
+                except UnsafePathError as error:
+                    raise MegaDepthError(str(error)) from None
     return info
 
 

@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from ..detection import detect, keep_refined
-from ..errors import D2SfmError
+from ..errors import D2SfmError, check_options
+from ..extractor import resolve_device
 from ..model import preprocess
 from ..weights import load_state_dict, resolve, save_checkpoint
 from .homography_eval import d2_features, evaluate, list_pairs
@@ -50,6 +51,10 @@ VALIDATION_PAIRS = ("graffiti 1-3", "boat 1-2")  # only with an explicit --valid
 SYNTHETIC_LENGTH = 100_000  # pairs per synthetic "epoch" (each drawn from (seed, epoch, index))
 HELD_OUT = "synthetic"  # validation_data value: held-out rendered + homography pairs (no evaluation image)
 DATA_KINDS = ("mixed", "rendered", "homography")
+
+
+class TrainingError(D2SfmError, RuntimeError):
+    """A run that cannot start or resume; the message names the file."""
 
 
 class TrainingCollapsed(D2SfmError):
@@ -88,6 +93,28 @@ class TrainConfig:
     collapse_spread: float = 0.9
     collapse_patience: int = 2
     max_rollbacks: int = 2
+
+    def __post_init__(self) -> None:
+        check_options("training", steps=self.steps < 1, lr=not 0 < self.lr < 1, batch_size=self.batch_size < 1,
+                      seed=self.seed < 0, crop_size=self.crop_size < 64 or self.crop_size % 8 != 0,
+                      workers=self.workers < 0, log_every=self.log_every < 1,
+                      validate_every=self.validate_every < 1, checkpoint_every=self.checkpoint_every < 1,
+                      warp_strength=not self.warp_strength >= 0, max_minutes=self.max_minutes is not None
+                      and not self.max_minutes > 0, homography_share=not 0 <= self.homography_share <= 1,
+                      stage2_step=self.stage2_step < 0, stage2_lr_factor=not self.stage2_lr_factor > 0,
+                      grad_clip=not self.grad_clip >= 0, spread_weight=not self.spread_weight >= 0,
+                      collapse_spread=not 0 < self.collapse_spread <= 1, collapse_patience=self.collapse_patience < 1,
+                      max_rollbacks=self.max_rollbacks < 0, weight_decay=not self.weight_decay >= 0)
+
+
+def latest_checkpoint(output: Path) -> Path | None:
+    """The checkpoint a resume continues from: last.pth, or else the newest step_<N>.pth (a run
+    killed before it wrote last.pth still has those); None when there is none."""
+    last = Path(output) / "last.pth"
+    if last.is_file():
+        return last
+    steps = sorted(Path(output).glob("step_*.pth"))
+    return steps[-1] if steps else None
 
 
 def build_dataset(config: TrainConfig) -> torch.utils.data.Dataset:
@@ -173,16 +200,16 @@ class Trainer:
     def __init__(self, config: TrainConfig, resume: bool = False) -> None:
         self.config = config
         self.output = Path(config.output)
-        self.device = torch.device(config.device)
+        self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
         self.model = D2NetTrain().to(self.device)
         self.step, self.history, self.best = 0, [], -math.inf
-        last = self.output / "last.pth"
-        if resume and last.is_file():
+        last = latest_checkpoint(self.output) if resume else None
+        if last is not None:
             state = self.load(last)
         else:
             if resume:
-                logger.warning("No checkpoint at %s: starting from %s", last, config.init)
+                logger.warning("No checkpoint in %s: starting from %s", self.output, config.init)
             self.model.load_state_dict(load_state_dict(resolve(config.init).path), strict=True)
             state = None
         self.stage = 0
@@ -209,7 +236,11 @@ class Trainer:
         self.stage = stage
 
     def load(self, path: Path) -> dict:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # a checkpoint cut by a kill: zip errors, EOF, unpickling
+            raise TrainingError(f"cannot resume from {path}: not a readable checkpoint "
+                                f"({str(error).splitlines()[0]})") from None
         self.model.load_state_dict(load_state_dict(path), strict=True)
         self.step, self.history, self.best = int(state["step"]), list(state["history"]), float(state["best"])
         saved = state.get("config", {})

@@ -58,7 +58,7 @@ def test_matches_must_fit_the_features(files):
     lambda: MatcherConfig(chunk_size=0), lambda: MatcherConfig(ratio_threshold=1.5),
     lambda: MatcherConfig(distance_threshold=-1), lambda: ExtractionConfig(max_keypoints=0),
     lambda: ExtractionConfig(max_edge=-5), lambda: ExtractionConfig(max_edge=8),
-    lambda: VerificationConfig(max_error=-1), lambda: VerificationConfig(min_pair_inlier_ratio=2),
+    lambda: VerificationConfig(max_error=-1), lambda: VerificationConfig(min_pair_inlier_ratio=-0.5),
 ])
 def test_out_of_range_options_are_refused(make):
     with pytest.raises(ConfigError, match="invalid"):
