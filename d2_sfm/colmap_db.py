@@ -42,7 +42,7 @@ from .atomic import atomic_path, write_json
 from .colmap_log import colmap_log_to
 from .locking import output_lock
 from .datasets.formats import read_pairs, unique_pairs
-from .paths import resolve_inside, safe_relative_name
+from .paths import check_output_path, resolve_inside, safe_relative_name
 from .textfiles import read_text_lines
 
 logger = logging.getLogger(__name__)
@@ -168,6 +168,14 @@ def parse_camera_params(text: str) -> tuple[float, ...]:
     if not values:
         raise DatabaseError("--camera-params is empty")
     return values
+
+
+def camera_params_argument(text: str) -> tuple[float, ...]:
+    """parse_camera_params for argparse: its message, not argparse's "invalid value" wording."""
+    try:
+        return parse_camera_params(text)
+    except DatabaseError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def known_camera(model: str | None, width: int, height: int, params: tuple[float, ...],
@@ -413,11 +421,16 @@ def main(database: Path, image_dir: Path, pairs: Path, features: Path, matches: 
          camera: CameraConfig = CameraConfig(), verification: VerificationConfig = VerificationConfig(),
          num_threads: int = -1) -> DatabaseSummary:
     """Build and verify `database` (replaced atomically; statistics in `<database>.pairs.json`)."""
-    database = Path(database)
+    database = check_output_path(database, (".db",), "COLMAP database")
     for path, what in ((features, "features"), (matches, "matches"), (pairs, "pairs")):
         if not Path(path).is_file():
             raise DatabaseError(f"{what} file {path} does not exist")
     sizes = feature_sizes(features)
+    gone = sorted(n for n in sizes if not resolve_inside(image_dir, n).is_file())
+    if gone:  # features kept for images deleted since: not in the database
+        logger.warning("%d image(s) of %s are no longer in %s and are left out, e.g. %s", len(gone), features,
+                       image_dir, gone[0])
+    sizes = {name: size for name, size in sizes.items() if name not in gone}
     names = sorted(sizes)
     if len(names) < 2:
         raise DatabaseError(f"{features} has features of {len(names)} image(s); at least 2 are needed")
@@ -493,7 +506,7 @@ def add_camera_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--camera-model", default=None,
                        help=f"COLMAP camera model (default {default.model}; with --camera-params: "
                             "SIMPLE_PINHOLE for 3 values, PINHOLE for 4)")
-    group.add_argument("--camera-params", type=parse_camera_params, default=None,
+    group.add_argument("--camera-params", type=camera_params_argument, default=None,
                        help="known intrinsics of every image in COLMAP order, e.g. fx,fy,cx,cy (COLMAP "
                             "pixels: the centre of the top-left pixel is 0.5,0.5); kept fixed in mapping")
     group.add_argument("--intrinsics", type=Path, default=None,

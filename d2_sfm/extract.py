@@ -18,7 +18,7 @@ from .extractor import D2Extractor, ExtractionConfig, Features
 from .fingerprint import FileStamp
 from .h5io import (FEATURE_ID, H5_SUFFIXES, H5FormatError, atomic_h5, current_file, feature_records, file_attributes,
                    prune_incomplete, remove_h5_output, up_to_date, write_features)
-from .images import ImageError, list_images_report
+from .images import ImageError, list_images_report, max_image_pixels
 from .locking import output_lock
 from .paths import check_output_path, check_pair_key_collisions, name_problem, resolve_inside, safe_relative_name
 from .textfiles import read_text_lines
@@ -57,13 +57,16 @@ class ExtractionSummary:
 def read_image_list(path: Path) -> list[str]:
     """Image names, one per line (blank lines and '#' comments ignored), relative to the image folder.
     A name that could not be written to pairs or HDF5 files unchanged is refused with its line."""
-    names = []
+    names: list[str] = []
     for number, line in read_text_lines(path, "image list"):
         where = f"{path}:{number}"
         name = safe_relative_name(line, where)
         problem = name_problem(name)
         if problem:
             raise ImageError(f"{where}: image name {name!r} cannot be used: {problem}")
+        if name in names:
+            logger.warning("%s: %s is listed again; extracted once", where, name)
+            continue
         names.append(name)
     if not names:
         raise ImageError(f"image list {path} names no images")
@@ -94,6 +97,15 @@ def check_settings(output: Path, extractor: D2Extractor) -> None:
     if different:
         raise H5FormatError(f"{source} was made with other settings: {', '.join(different)}; "
                             "use another --output, --overwrite, or the same settings")
+
+
+def has_settings(output: Path, extractor: D2Extractor) -> bool:
+    """Whether `output` is empty or holds features made with `extractor`'s weights and settings."""
+    try:
+        check_settings(output, extractor)
+    except H5FormatError:
+        return False
+    return True
 
 
 def run_attributes(extractor: D2Extractor) -> dict[str, object]:
@@ -145,6 +157,7 @@ def main(image_dir: Path, output: Path, image_list: list[str] | None = None,
     """
     output = Path(output)
     check_output_path(output, H5_SUFFIXES, "features file")
+    max_image_pixels()  # a bad D2_SFM_MAX_IMAGE_PIXELS is one error now, not one per image
     summary = ExtractionSummary(output)
     names = [safe_relative_name(n) for n in image_list] if image_list else listed_images(image_dir, summary)
     check_pair_key_collisions(names, str(image_dir))

@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import D2SfmError
+from .errors import ConfigError, D2SfmError
 from .paths import check_pair_key_collisions, control_character, name_problem
 
 logger = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ def max_image_pixels() -> int:
     if not text:
         return MAX_IMAGE_PIXELS
     if not text.isdigit() or int(text) <= 0:
-        raise ImageError(f"{MAX_PIXELS_ENV} must be a positive whole number of pixels, got {text!r}")
+        raise ConfigError(f"{MAX_PIXELS_ENV} must be a positive whole number of pixels, got {text!r}")
     return int(text)
 
 

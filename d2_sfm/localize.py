@@ -45,6 +45,7 @@ from .colmap import pycolmap
 from .fingerprint import file_fingerprint, settings_fingerprint
 from . import extract, match, triangulate
 from .cli import add_extraction_arguments, extraction_config_from_args, run_cli
+from .atomic import write_json
 from .colmap_log import colmap_log_to
 from .report import write_report_or_warn
 from .colmap_model import read_model
@@ -60,7 +61,7 @@ from .extractor import D2Extractor, ExtractionConfig
 from .h5io import list_h5_names
 from .localization import covisibility, evaluate, pose_from_cutouts, pose_from_model
 from .localization.estimation import (LocalizationError, PoseEstimationConfig, QueryLog, QueryResult, Timer,
-                                      results_name, write_json)
+                                      results_name)
 from .localization.inputs import StampCache, stat_stamp
 from .localization.model import load_model
 from .locking import output_lock

@@ -34,7 +34,7 @@ from .h5io import (FEATURE_ID, SOURCE, atomic_h5, existing_names, feature_id, fe
 from .locking import output_lock
 from .images import ImageError, list_images, read_image, resize, resized_size
 from .datasets.formats import read_pairs, unique_pairs
-from .paths import resolve_inside
+from .paths import check_output_path, resolve_inside
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +181,7 @@ def main(output: Path, names: list[str], config: PairsConfig = PairsConfig(), im
     Retrieval reads `global_features` when it holds every name, else computes the missing
     descriptors into it (default `<output>.global.h5`) with `extractor` (a D2Extractor).
     """
+    check_output_path(output, (".txt",), "pairs file")
     if config.mode == "file":
         if input_pairs is None:
             raise PairsError("pairs mode 'file' needs an input pairs file (--input)")

@@ -508,8 +508,12 @@ class Pipeline:
             start = time.time()
             import_d2net_npz(self.image_dir, self.listed_images(), self.out.features, overwrite=True)
             return {"extract": time.time() - start}, {"failed": {}, "weights": {"name": IMPORTED_WEIGHTS, "sha256": ""}}
+        # OUT/features.h5 is this pipeline's own file: other extraction settings redo it (extract.main
+        # alone refuses to mix settings into a file it was not asked to overwrite)
+        other_settings = not extract.has_settings(self.out.features, self.extractor())
         summary = extract.main(self.image_dir, self.out.features, self.listed_images(), self.config.weights,
-                               self.config.extraction, device=self.config.device, extractor=self.extractor())
+                               self.config.extraction, overwrite=other_settings, device=self.config.device,
+                               extractor=self.extractor())
         return {"extract": summary.seconds}, {"failed": summary.failed, "feature_warnings": summary.warnings,
                                               "weights": {"name": self.extractor().weights.name,
                                                           "sha256": self.extractor().weights.sha256}}

@@ -20,6 +20,7 @@ import numpy as np
 from ..colmap import pycolmap
 from ..paths import UnsafePathError, safe_relative_name
 from ..textfiles import read_text
+from ..atomic import write_text
 from . import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -159,10 +160,7 @@ def read_intrinsics_list(path: Path) -> dict[str, pycolmap.Camera]:
 def write_intrinsics_list(path: Path, cameras: Mapping[str, pycolmap.Camera]) -> Path:
     """Write `name MODEL WIDTH HEIGHT params...` lines (no comments: hloc reads
     database_intrinsics.txt without skipping them)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{name} {camera_to_fields(cam)}\n" for name, cam in cameras.items()))
-    return path
+    return write_text(path, "".join(f"{name} {camera_to_fields(cam)}\n" for name, cam in cameras.items()))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,12 +188,7 @@ def write_poses(path: Path, poses: Mapping[str, pycolmap.Rigid3d]) -> Path:
             raise DatasetError(f"{path}: cannot write name {name!r} (empty or with whitespace)")
         q, t = qt_from_rigid(pose)
         lines.append(" ".join([name, *map(num, q), *map(num, t)]) + "\n")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")  # replaced atomically: never a half-written results file
-    partial.write_text("".join(lines))
-    partial.replace(path)
-    return path
+    return write_text(path, "".join(lines))  # replaced atomically: never a half-written results file
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,12 +228,7 @@ def write_pairs(path: Path, pairs: Iterable[tuple[str, str]]) -> Path:
     """hloc's pairs format: `name0 name1` lines joined by newlines (no trailing newline).
 
     Written to a temporary file and renamed, so readers never see a half-written list."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text("\n".join(f"{a} {b}" for a, b in pairs))
-    partial.replace(path)
-    return path
+    return write_text(path, "\n".join(f"{a} {b}" for a, b in pairs))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -408,7 +396,4 @@ def write_nvm(path: Path, model: NvmModel) -> Path:
                        num(points.xy[j, 0]), num(points.xy[j, 1])]
         out.append(" ".join(fields) + "\n")
     out += ["\n", "0\n"]  # VisualSFM: no further models
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(out))
-    return path
+    return write_text(path, "".join(out))

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
+from ..atomic import write_text
 from ..colmap import pycolmap
 from ..datasets.formats import qt_from_rigid, rigid_from_qt
 from ..errors import D2SfmError
@@ -143,15 +144,6 @@ class Timer:
         return _Step()
 
 
-def write_json(path: Path, data: dict[str, Any]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
-    return path
-
-
 class QueryLog:
     """Per-query results appended to a JSON-lines file, so that an interrupted pose step resumes.
 
@@ -175,11 +167,8 @@ class QueryLog:
 
     def _rewrite(self, results: list[QueryResult]) -> None:
         """The header and `results`, atomically (a kill leaves the old or the new log)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
         lines = [json.dumps({"settings": self.settings})] + [self._line(r) for r in results]
-        tmp.write_text("\n".join(lines) + "\n")
-        tmp.replace(self.path)
+        write_text(self.path, "\n".join(lines) + "\n")
 
     def _line(self, result: QueryResult) -> str:
         return json.dumps({**result.to_json(), "inputs": self.inputs.get(result.name)})

@@ -10,13 +10,13 @@ camera centres (metres), rotation = angle of R_est R_gt^T (degrees).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
+from ..atomic import write_json
 from ..colmap import pycolmap
 from ..alignment import centre, rotation_error_deg
 from ..cli import run_cli
@@ -77,7 +77,7 @@ def main(results: Path, ground_truth: Path, thresholds: Thresholds = THRESHOLDS[
     report = evaluate(read_poses(results), read_poses(ground_truth), thresholds, groups)
     logger.info("Localization recall:\n%s", format_report(report))
     if output is not None:
-        Path(output).write_text(json.dumps(report, indent=2) + "\n")
+        write_json(output, report)
     return report
 
 

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from ..fingerprint import FileStamp
-from .estimation import write_json
+from ..atomic import write_json
 
 logger = logging.getLogger(__name__)
 

@@ -97,3 +97,12 @@ def test_damaged_scene_files_are_one_named_error(tmp_path, damage):
                 archive.writestr(name, content)
     with pytest.raises(MegaDepthError, match="bad.npz"):
         MegaDepthPairs(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["/outside/a.jpg", "../x/b.jpg"])
+def test_scene_image_paths_stay_inside_the_root(tmp_path, name):
+    path = tmp_path / "scene.npz"
+    np.savez(path, image_paths=np.array(["Undistorted_SfM/0001/images/a.jpg", name], object),
+             depth_paths=np.array([None, None], object), **KEYS)
+    with pytest.raises(MegaDepthError, match="scene.npz image_paths"):
+        load_scene(path)
