@@ -37,7 +37,8 @@ import numpy as np
 from .colmap import pycolmap
 from .cli import run_cli
 from .errors import D2SfmError, check_options
-from .h5io import H5FormatError, list_h5_names, open_h5, read_image_size, read_keypoints, read_matches
+from .h5io import (H5FormatError, list_h5_names, open_h5, read_image_size, read_keypoints, read_matches,
+                   stored_feature_id)
 from .atomic import atomic_path, write_json
 from .colmap_log import colmap_log_to
 from .locking import output_lock
@@ -69,6 +70,8 @@ class CameraConfig:
         if self.mode not in CAMERA_MODES:
             raise DatabaseError(f"camera mode {self.mode!r} is not one of {', '.join(CAMERA_MODES)}")
         check_model_name(self.model)
+        if self.params is not None:  # checked now, not after minutes of extraction
+            known_camera(self.params_model, 1, 1, self.params, "--camera-params")
 
     def as_dict(self) -> dict[str, object]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
@@ -307,16 +310,17 @@ def write_cameras_and_images(db: pycolmap.Database, choices: dict[str, CameraCho
     return image_ids, known
 
 
-def import_keypoints(db: pycolmap.Database, features: Path, image_ids: dict[str, int]) -> dict[str, int]:
-    """Keypoints of every image, shifted by +0.5 px into COLMAP's pixel convention; returns how
-    many each image has."""
-    counts = {}
+def import_keypoints(db: pycolmap.Database, features: Path, image_ids: dict[str, int]
+                     ) -> dict[str, tuple[int, str]]:
+    """Keypoints of every image, shifted by +0.5 px into COLMAP's pixel convention; returns each
+    image's keypoint count and feature id (what its matches must have been made from)."""
+    identities = {}
     with open_h5(features, "features file") as f:
         for name, image_id in image_ids.items():
             keypoints = read_keypoints(f, name)
             db.write_keypoints(image_id, keypoints + COLMAP_PIXEL_OFFSET)
-            counts[name] = len(keypoints)
-    return counts
+            identities[name] = (len(keypoints), stored_feature_id(f, name))
+    return identities
 
 
 def border_keypoints(features: Path, names: list[str], margin: float) -> dict[str, np.ndarray]:
@@ -337,7 +341,8 @@ def border_keypoints(features: Path, names: list[str], margin: float) -> dict[st
 
 
 def import_matches(db: pycolmap.Database, pairs: list[tuple[str, str]], matches: Path,
-                   image_ids: dict[str, int], min_match_score: float | None, num_keypoints: dict[str, int],
+                   image_ids: dict[str, int], min_match_score: float | None,
+                   identities: dict[str, tuple[int, str]],
                    excluded: dict[str, np.ndarray] | None = None) -> list[PairStats]:
     """Raw matches of every pair whose images are both in the database, checked against the
     images' keypoint counts; matches touching a keypoint marked in `excluded` (name -> mask, e.g.
@@ -345,7 +350,8 @@ def import_matches(db: pycolmap.Database, pairs: list[tuple[str, str]], matches:
     stats = []
     with open_h5(matches, "matches file") as f:
         for name0, name1 in pairs:
-            pair, scores = read_matches(f, name0, name1, (num_keypoints[name0], num_keypoints[name1]))
+            (count0, id0), (count1, id1) = identities[name0], identities[name1]
+            pair, scores = read_matches(f, name0, name1, (count0, count1), (id0, id1))
             if min_match_score is not None:
                 pair = pair[scores > min_match_score]
             if excluded is not None:
@@ -457,9 +463,9 @@ def build_database(database: Path, features: Path, matches: Path, names: list[st
     with atomic_path(database) as partial:
         with pycolmap.Database.open(str(partial)) as db:
             image_ids, known = write_cameras_and_images(db, choices)
-            counts = import_keypoints(db, features, image_ids)
+            identities = import_keypoints(db, features, image_ids)
             excluded = border_keypoints(features, names, verification.border_margin)
-            stats = import_matches(db, pair_list, matches, image_ids, verification.min_match_score, counts,
+            stats = import_matches(db, pair_list, matches, image_ids, verification.min_match_score, identities,
                                    excluded)
         timings["database"] = time.time() - start
         start = time.time()

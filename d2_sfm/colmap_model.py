@@ -13,6 +13,8 @@ import mmap
 import struct
 from pathlib import Path
 
+import numpy as np
+
 from .colmap import pycolmap
 from .errors import D2SfmError
 
@@ -200,9 +202,13 @@ def read_model(reference: Path | pycolmap.Reconstruction,
             raise
         raise error(str(problem)) from None
     try:
-        return pycolmap.Reconstruction(str(path))
+        model = pycolmap.Reconstruction(str(path))
     except Exception as problem:  # pycolmap raises plain RuntimeError / ValueError on bad content
         raise error(f"{path}: pycolmap cannot read this COLMAP model ({last_line(problem)})") from None
+    for image in model.images.values():
+        if image.has_pose and not np.isfinite(image.cam_from_world().matrix()).all():
+            raise error(f"{path}: the pose of image {image.name} is not finite (NaN or inf)")
+    return model
 
 
 def last_line(problem: Exception) -> str:

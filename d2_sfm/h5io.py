@@ -149,7 +149,7 @@ def current_file(path: Path) -> Path | None:
 
 def remove_h5_output(path: Path) -> None:
     """Delete an output and its `.partial` (for --overwrite, after the inputs were validated)."""
-    for stale in (Path(path), partial_path(path)):
+    for stale in (real_output(path), partial_path(path)):  # through a link: the file it names
         stale.unlink(missing_ok=True)
 
 
@@ -404,23 +404,33 @@ def is_old_style(handle: h5py.File) -> bool:
                                    for group in handle.values())
 
 
-def read_matches(source: Path | h5py.File, name0: str, name1: str,
-                 num_keypoints: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def read_matches(source: Path | h5py.File, name0: str, name1: str, num_keypoints: tuple[int, int] | None = None,
+                 feature_ids: tuple[str, str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Matched index pairs (M, 2) (into name0's and name1's keypoints) and their scores (M,),
     from a path or an open file; the pair may be stored in either order or naming scheme.
 
-    With `num_keypoints` (N0, N1), the matches must index exactly those keypoints: matches made
-    from other features (stale, or another extractor's) are an H5FormatError, never garbage."""
+    With `num_keypoints` (N0, N1), the matches must index exactly those keypoints, and with
+    `feature_ids` (of name0's and name1's current features) a pair that records the features it
+    was matched from must name these: matches made from other features (stale, or another
+    extractor's) are an H5FormatError, never garbage."""
     with _opened(source) as f:
         key, reverse = find_pair(f, name0, name1)
         group = f[key]
         matches0 = group["matches0"][()]
         scores0 = group["matching_scores0"][()] if "matching_scores0" in group else np.ones(matches0.shape)
+        recorded = _attr(group, PAIR_FEATURES)
         where = f"{f.filename}: matches of ({name0}, {name1})"
+    if feature_ids is not None and recorded is not None:
+        expected = ":".join(feature_ids[::-1] if reverse else feature_ids)
+        if recorded != expected:
+            raise H5FormatError(f"{where} were made from other features than the current ones (stale matches); "
+                                "match the pair again")
     if matches0.ndim != 1 or not np.issubdtype(matches0.dtype, np.integer) or scores0.shape != matches0.shape:
         raise H5FormatError(f"{where} are {matches0.dtype} {matches0.shape}, expected (N,) integers with "
                             "as many scores")
     matches0, scores0 = matches0.astype(np.int64), scores0.astype(np.float32)
+    if not np.isfinite(scores0).all():
+        raise H5FormatError(f"{where} have NaN or inf scores")
     if num_keypoints is not None:
         stored_count, other_count = num_keypoints[::-1] if reverse else num_keypoints
         if len(matches0) != stored_count or (matches0 < -1).any() or (matches0 >= other_count).any():

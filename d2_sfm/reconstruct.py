@@ -49,7 +49,7 @@ from .colmap_readonly import read_cameras, read_image_ids
 from .alignment import PoseErrors, align_and_compare, model_poses, read_ground_truth_file, relative_rotation_errors
 from .cli import add_extraction_arguments, extraction_config_from_args, run_cli
 from .colmap_db import CameraConfig, PairStats, VerificationConfig
-from .errors import D2SfmError
+from .errors import D2SfmError, check_options
 from .extractor import D2Extractor, ExtractionConfig
 from .h5io import feature_records, list_h5_names
 from .locking import output_lock
@@ -87,6 +87,11 @@ class MapperConfig:
     # database gave 295 or 298 points from run to run (Ceres's parallel reductions), so a resumed run
     # could differ from an uninterrupted one. -1: all cores, faster, not bit-repeatable.
     num_threads: int = 1
+
+    def __post_init__(self) -> None:
+        check_options("mapper", num_threads=self.num_threads == 0 or self.num_threads < -1,
+                      min_num_matches=self.min_num_matches < 1, init_min_num_inliers=self.init_min_num_inliers < 1,
+                      abs_pose_min_num_inliers=self.abs_pose_min_num_inliers < 1)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -538,6 +543,9 @@ class Pipeline:
         return summary.timings, {"camera_sources": summary.camera_sources, "known_camera_ids": summary.known_camera_ids}
 
     def map(self, resume: bool) -> tuple[dict, dict]:
+        # the previous model goes first: a failed mapping must not leave it beside the new database
+        for stale in (self.out.sfm, self.out.ply, self.out.summary, self.out.overview, self.out.report):
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
         start = time.time()
         stats = colmap_db.read_pair_stats(self.out.pair_stats)
         if not any(s.kept for s in stats):
@@ -553,8 +561,6 @@ class Pipeline:
             raise ReconstructionError(f"pycolmap's mapper found no initial pair among {sum(s.kept for s in stats)} "
                                       f"verified pairs (see {self.out.log}); more overlap between images, more "
                                       "images, or --multiscale may help")
-        for stale in (self.out.sfm, self.out.ply):
-            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
         self.out.sfm.mkdir(parents=True)
         best.write(str(self.out.sfm))
         best.export_PLY(str(self.out.ply))

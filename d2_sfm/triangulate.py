@@ -33,7 +33,8 @@ from . import colmap_db
 from .cli import run_cli
 from .colmap_db import COLMAP_PIXEL_OFFSET, VerificationConfig
 from .errors import D2SfmError, check_options
-from .h5io import keypoint_uncertainty, list_h5_names, open_h5, read_image_size, read_keypoints
+from .h5io import (keypoint_uncertainty, list_h5_names, open_h5, read_image_size, read_keypoints,
+                   stored_feature_id)
 from .atomic import atomic_path
 from .colmap_log import colmap_log_to
 from .locking import output_lock
@@ -106,8 +107,8 @@ def import_and_verify(database: Path, reference: pycolmap.Reconstruction, image_
         keypoints = {name: read_keypoints(feats, name) + COLMAP_PIXEL_OFFSET for name in image_ids}
         for name, image_id in image_ids.items():
             db.write_keypoints(image_id, keypoints[name])
-        counts = {name: len(points) for name, points in keypoints.items()}
-        stats = colmap_db.import_matches(db, pairs, matches, image_ids, config.min_match_score, counts)
+        identities = {name: (len(points), stored_feature_id(feats, name)) for name, points in keypoints.items()}
+        stats = colmap_db.import_matches(db, pairs, matches, image_ids, config.min_match_score, identities)
         if config.verification == "estimate":
             return -1
         kept = 0

@@ -24,7 +24,7 @@ from .cli import run_cli
 from .colmap_model import read_model
 from .colmap_readonly import read_image_ids, read_two_view_inliers
 from .errors import D2SfmError
-from .h5io import read_keypoints, read_matches
+from .h5io import open_h5, read_image_size, read_keypoints, read_matches, stored_feature_id
 from .images import read_image
 from .paths import check_output_path, resolve_inside
 
@@ -159,12 +159,18 @@ def save_pair_matches(image_dir: Path, features: Path, matches: Path, name0: str
     """Picture of the matches of one pair; with `database`, verified inliers green, others red."""
     check_output_path(output, PICTURE_SUFFIXES, "picture")
     keypoints0, keypoints1 = read_keypoints(features, name0), read_keypoints(features, name1)
-    pair_matches, _ = read_matches(matches, name0, name1, (len(keypoints0), len(keypoints1)))
+    images = [read_image(resolve_inside(image_dir, name)) for name in (name0, name1)]
+    for name, image in zip((name0, name1), images):
+        if read_image_size(features, name) != (image.shape[1], image.shape[0]):
+            raise VisualizationError(f"{features}: the features of {name} are of a {read_image_size(features, name)} "
+                                     f"image, but {resolve_inside(image_dir, name)} is {image.shape[1]}x{image.shape[0]}")
+    with open_h5(features, "features file") as f:
+        ids = (stored_feature_id(f, name0), stored_feature_id(f, name1))
+    pair_matches, _ = read_matches(matches, name0, name1, (len(keypoints0), len(keypoints1)), ids)
     if database is not None and not Path(database).is_file():
         raise VisualizationError(f"COLMAP database {database} does not exist")
     mask = verified_mask(database, name0, name1, pair_matches) if database is not None else None
-    canvas = draw_matches(read_image(resolve_inside(image_dir, name0)), read_image(resolve_inside(image_dir, name1)),
-                          keypoints0, keypoints1, pair_matches, mask)
+    canvas = draw_matches(*images, keypoints0, keypoints1, pair_matches, mask)
     write_picture(output, canvas)
     logger.info("Wrote %s", output)
     return Path(output)

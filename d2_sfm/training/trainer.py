@@ -104,7 +104,9 @@ class TrainConfig:
                       stage2_step=self.stage2_step < 0, stage2_lr_factor=not self.stage2_lr_factor > 0,
                       grad_clip=not self.grad_clip >= 0, spread_weight=not self.spread_weight >= 0,
                       collapse_spread=not 0 < self.collapse_spread <= 1, collapse_patience=self.collapse_patience < 1,
-                      max_rollbacks=self.max_rollbacks < 0, weight_decay=not self.weight_decay >= 0)
+                      max_rollbacks=self.max_rollbacks < 0, weight_decay=not self.weight_decay >= 0,
+                      validation_data=self.validation_data not in (None, HELD_OUT)
+                      and not Path(self.validation_data).is_dir())
 
 
 def latest_checkpoint(output: Path) -> Path | None:

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import inspect
-import sqlite3
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pycolmap
 import pytest
+
+from d2_sfm.colmap_readonly import read_image_ids
 
 from d2_sfm.datasets import DatasetError
 from d2_sfm.datasets.aachen import AachenDataset
@@ -78,9 +79,8 @@ def test_aachen_v1_0_readers_and_reference_model(aachen_root):
         assert image.num_points2D() == 0
         np.testing.assert_allclose(image.cam_from_world().matrix(), pose.matrix(), atol=1e-9)
         np.testing.assert_allclose(reference.cameras[image.camera_id].params, gt_cameras[name].params)
-    with sqlite3.connect(aachen_root / "aachen.db") as db:  # what hloc's colmap_from_nvm reads
-        rows = db.execute("SELECT name, image_id, camera_id FROM images").fetchall()
-    assert sorted(r[0] for r in rows) == dataset.db_names
+    # what hloc's colmap_from_nvm reads; read-only, so the dataset gets no -wal/-shm files
+    assert sorted(read_image_ids(aachen_root / "aachen.db")) == dataset.db_names
     assert dataset.covisibility_pairs(2)
 
 

@@ -77,3 +77,16 @@ def test_devices_and_sizes_are_checked(tmp_path):
         save_overview(pycolmap.Reconstruction(), tmp_path / "o.png", size=-5)
     with pytest.raises(Exception, match="unknown extension"):
         save_overview(pycolmap.Reconstruction(), tmp_path / "o.txt")
+
+
+def test_matches_recording_other_features_are_stale(tmp_path):
+    matches = tmp_path / "m.h5"
+    with h5py.File(matches, "w") as f:
+        group = f.create_group("a.jpg").create_group("b.jpg")
+        group["matches0"] = np.array([0, -1], np.int32)
+        group["matching_scores0"] = np.ones(2, np.float16)
+        group.attrs["features"] = "aaaa:bbbb"
+    assert len(read_matches(matches, "a.jpg", "b.jpg", (2, 1), ("aaaa", "bbbb"))[0]) == 1
+    assert len(read_matches(matches, "b.jpg", "a.jpg", (1, 2), ("bbbb", "aaaa"))[0]) == 1  # stored reversed
+    with pytest.raises(H5FormatError, match="other features than the current ones"):
+        read_matches(matches, "a.jpg", "b.jpg", (2, 1), ("aaaa", "cccc"))
