@@ -435,8 +435,9 @@ def read_matches(source: Path | h5py.File, name0: str, name1: str, num_keypoints
         stored_count, other_count = num_keypoints[::-1] if reverse else num_keypoints
         if len(matches0) != stored_count or (matches0 < -1).any() or (matches0 >= other_count).any():
             raise H5FormatError(f"{where} do not fit the features ({len(matches0)} entries for {stored_count} "
-                                f"keypoints, indices up to {matches0.max(initial=-1)} for {other_count}); "
-                                "match the pair again with the current features")
+                                f"keypoints, indices {matches0.min(initial=-1)}..{matches0.max(initial=-1)} for "
+                                f"{other_count} keypoints, -1 = unmatched); match the pair again with the current "
+                                "features")
     idx = np.flatnonzero(matches0 >= 0)
     pairs = np.stack([idx, matches0[idx]], axis=1)
     if reverse:

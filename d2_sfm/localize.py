@@ -503,6 +503,9 @@ def main(dataset: str, root: Path | None = None, output: Path | None = None, pai
     check_query_sizes(scene)
     if truth is not None:
         without = [name for name in scene.queries if results_name(name) not in truth]
+        if len(without) == len(scene.queries):
+            raise LocalizationError(f"ground truth {ground_truth} names none of the {len(scene.queries)} queries of "
+                                    f"{root} (e.g. {results_name(without[0])}): is it another dataset's?")
         if without:
             logger.warning("%s has no pose for %d of %d queries (e.g. %s): they are left out of the evaluation",
                            ground_truth, len(without), len(scene.queries), results_name(without[0]))

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from .cli import run_cli
+from .extractor import resolve_device
 from .locking import output_lock
 from .training.model_card import write_model_card
 from .training.network import TRAINABLE_LAYERS
@@ -31,6 +32,7 @@ def main(config: TrainConfig, resume: bool = False, card: bool = True) -> Path:
     the selected weights (best.pth if validation ran, else last.pth) to DIR/weights.pth and write
     DIR/model_card.md."""
     start = time.time()
+    resolve_device(config.device)  # before the output folder is made
     Path(config.output).mkdir(parents=True, exist_ok=True)
     with output_lock(Path(config.output) / "train"):  # one run per output folder
         return train_and_export(config, resume, card, start)

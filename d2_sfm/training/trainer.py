@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..detection import detect, keep_refined
+from ..atomic import write_text
 from ..errors import D2SfmError, check_options
 from ..extractor import resolve_device
 from ..model import preprocess
@@ -250,6 +251,8 @@ class Trainer:
                    if k in saved and saved[k] != v and k not in ("steps", "output", "workers", "device")}
         if changed:
             logger.warning("Resuming %s with changed settings (saved, now): %s", path, changed)
+        # the log holds what the checkpoint holds: lines a killed run wrote after it are dropped
+        write_text(self.output / "log.jsonl", "".join(json.dumps(entry) + "\n" for entry in self.history))
         logger.info("Resumed %s at step %d", path, self.step)
         return state
 
