@@ -17,7 +17,7 @@ from .cli import add_extraction_arguments, extraction_config_from_args, run_cli
 from .extractor import D2Extractor, ExtractionConfig, Features
 from .fingerprint import FileStamp
 from .h5io import (FEATURE_ID, H5_SUFFIXES, H5FormatError, atomic_h5, current_file, feature_records, file_attributes,
-                   prune_incomplete, remove_h5_output, up_to_date, write_features)
+                   is_empty, prune_incomplete, remove_h5_output, up_to_date, write_features)
 from .images import ImageError, list_images_report, max_image_pixels
 from .locking import output_lock
 from .paths import check_output_path, check_pair_key_collisions, name_problem, resolve_inside, safe_relative_name
@@ -85,7 +85,7 @@ def listed_images(image_dir: Path, summary: ExtractionSummary) -> list[str]:
 def check_settings(output: Path, extractor: D2Extractor) -> None:
     """Refuse to append to features made with other weights or settings, or by another tool."""
     stored = file_attributes(output)
-    if not stored and not feature_records(output):
+    if not stored and is_empty(output):  # top level only: the items are scanned once, by plan()
         return
     wanted = run_attributes(extractor)
     source = current_file(output)

@@ -50,7 +50,8 @@ class ExtractionConfig:
     def __post_init__(self) -> None:
         if self.tile_size is not None and self.tile_size < 16:
             raise ConfigError(f"tile_size must be None or at least 16 px, got {self.tile_size}")
-        check_options("extraction", max_edge=self.max_edge is not None and not (self.max_edge == 0 or self.max_edge >= 16),
+        check_options("extraction",
+                      max_edge=self.max_edge is not None and not (self.max_edge == 0 or self.max_edge >= 16),
                       max_sum_edges=self.max_sum_edges is not None and not (self.max_sum_edges == 0
                                                                             or self.max_sum_edges >= 32),
                       max_keypoints=self.max_keypoints is not None and self.max_keypoints < 1)

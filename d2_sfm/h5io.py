@@ -188,6 +188,16 @@ def atomic_h5(path: Path, fresh: bool = False) -> Iterator[h5py.File]:
                 os.replace(partial, path)
 
 
+def is_empty(path: Path) -> bool:
+    """Whether the (resumable) output holds nothing yet: no file, or a file without any group
+    (e.g. one cut by a kill before its first item). Reads only the top level."""
+    current = current_file(path)
+    if current is None:
+        return True
+    with open_h5(current) as f:
+        return len(f) == 0
+
+
 def existing_names(path: Path) -> set[str]:
     """Names already present in `path` or in its resumable `.partial` file."""
     current = current_file(path)

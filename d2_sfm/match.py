@@ -20,9 +20,9 @@ from .cli import run_cli
 from .extractor import resolve_device
 from .fingerprint import settings_fingerprint
 from .formats_d2net import import_d2net_if_changed
-from .h5io import (H5_SUFFIXES, MATCHER, H5FormatError, atomic_h5, current_file, file_attributes, match_records,
-                   names_to_pair, open_h5, prune_incomplete, read_keypoints, remove_h5_output, stored_feature_id,
-                   write_matches)
+from .h5io import (H5_SUFFIXES, MATCHER, H5FormatError, atomic_h5, current_file, file_attributes, is_empty,
+                   match_records, names_to_pair, open_h5, prune_incomplete, read_keypoints, remove_h5_output,
+                   stored_feature_id, write_matches)
 from .locking import output_lock
 from .matching import MatcherConfig, match_descriptors
 from .paths import check_output_path
@@ -97,7 +97,8 @@ def plan(pairs: list[tuple[str, str]], output: Path, cache: DescriptorCache, mat
             changed.append(f"{name0} {name1}")
     if changed:
         logger.info("Matching %d pair(s) again: their features were extracted again, or the pair was cut by "
-                    "an interrupted run (%s%s)", len(changed), ", ".join(changed[:3]), ", ..." if len(changed) > 3 else "")
+                    "an interrupted run (%s%s)", len(changed), ", ".join(changed[:3]),
+                    ", ..." if len(changed) > 3 else "")
     return todo, fresh
 
 
@@ -140,7 +141,7 @@ def check_names(pairs: list[tuple[str, str]], cache: DescriptorCache, source: Pa
 
 def check_foreign(output: Path) -> None:
     """Refuse to add to a matches file that d2_sfm did not write (unknown settings)."""
-    if match_records(output) and not any(str(k).startswith(MATCHER) for k in file_attributes(output)):
+    if not any(str(k).startswith(MATCHER) for k in file_attributes(output)) and not is_empty(output):
         raise H5FormatError(f"{current_file(output)} holds matches not made by d2_sfm.match (no matcher "
                             "settings recorded); use another --output, or --overwrite to replace it")
 

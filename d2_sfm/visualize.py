@@ -162,8 +162,9 @@ def save_pair_matches(image_dir: Path, features: Path, matches: Path, name0: str
     images = [read_image(resolve_inside(image_dir, name)) for name in (name0, name1)]
     for name, image in zip((name0, name1), images):
         if read_image_size(features, name) != (image.shape[1], image.shape[0]):
-            raise VisualizationError(f"{features}: the features of {name} are of a {read_image_size(features, name)} "
-                                     f"image, but {resolve_inside(image_dir, name)} is {image.shape[1]}x{image.shape[0]}")
+            size = read_image_size(features, name)
+            raise VisualizationError(f"{features}: the features of {name} are of a {size[0]}x{size[1]} image, but "
+                                     f"{resolve_inside(image_dir, name)} is {image.shape[1]}x{image.shape[0]}")
     with open_h5(features, "features file") as f:
         ids = (stored_feature_id(f, name0), stored_feature_id(f, name1))
     pair_matches, _ = read_matches(matches, name0, name1, (len(keypoints0), len(keypoints1)), ids)
