@@ -6,11 +6,13 @@ import errno
 import logging
 import os
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .errors import D2SfmError
-from .extractor import PRECISIONS, ExtractionConfig
 from .paths import check_output_path  # noqa: F401  (re-exported for the command-line tools)
+
+if TYPE_CHECKING:  # torch: imported when a run is configured, not when a command starts
+    from .extractor import ExtractionConfig
 
 logger = logging.getLogger("d2_sfm")
 
@@ -85,30 +87,50 @@ def hdf5_file_name(error: BaseException) -> str | None:
     return name
 
 
-def add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by every command that extracts features (defaults from ExtractionConfig)."""
-    default = ExtractionConfig()
+def add_extraction_arguments(parser: argparse.ArgumentParser, with_defaults: bool | None = None) -> None:
+    """Options shared by every command that extracts features, defaults from ExtractionConfig.
+    with_defaults=False leaves them None (extraction_config_from_args fills in the config's own)
+    and imports no torch, so that a command's --help and argument errors are instant; None: the
+    defaults are shown when torch is loaded already (the command imported it anyway)."""
+    default, precisions = None, None
+    if with_defaults or (with_defaults is None and "torch" in sys.modules):
+        from .extractor import PRECISIONS, ExtractionConfig  # noqa: PLC0415  (torch)
+        default, precisions = ExtractionConfig(), PRECISIONS
+
+    def value(name: str) -> object:
+        return getattr(default, name) if default is not None else None
+
     group = parser.add_argument_group("D2-Net features")
     group.add_argument("--weights", default=None,
                        help="d2_tf, d2_ots, d2_tf_no_phototourism (downloaded), hed_vgg16 (offline), "
                             "or a checkpoint path; default: d2_tf if available, else hed_vgg16")
     group.add_argument("--multiscale", action="store_true", help="image pyramid at scales 0.5, 1, 2")
-    group.add_argument("--max-edge", type=int, default=default.max_edge, help="longest image side (px)")
-    group.add_argument("--max-sum-edges", type=int, default=default.max_sum_edges, help="max width + height (px)")
-    group.add_argument("--max-keypoints", type=int, default=default.max_keypoints,
+    group.add_argument("--max-edge", type=int, default=value("max_edge"), help="longest image side (px)")
+    group.add_argument("--max-sum-edges", type=int, default=value("max_sum_edges"), help="max width + height (px)")
+    group.add_argument("--max-keypoints", type=int, default=value("max_keypoints"),
                        help="keep the K best-scoring keypoints per image")
-    group.add_argument("--preprocessing", choices=("caffe", "torch"), default=default.preprocessing)
-    group.add_argument("--tile-size", type=int, default=default.tile_size,
-                       help="run the network in tiles of this many px per side (exact; bounds memory)")
-    group.add_argument("--precision", choices=PRECISIONS, default=default.precision,
+    group.add_argument("--preprocessing", choices=("caffe", "torch"), default=value("preprocessing"))
+    group.add_argument("--tile-size", type=int, default=value("tile_size"),
+                       help="run the network in tiles of this many px per side (exact; bounds memory; 0: whole "
+                            "image)")
+    group.add_argument("--precision", choices=precisions, default=value("precision"),
                        help="network arithmetic: auto (bf16 on CPUs with native bf16, else fp32), fp32 (exact), "
                             "bf16, fp16 or tf32 (CUDA only)")
     group.add_argument("--half", action="store_true", help="same as --precision fp16 (CUDA only)")
     group.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
 
 
+def given(**values: object) -> dict[str, object]:
+    """The options the user gave (argparse default None): the rest keep their config's default."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
 def extraction_config_from_args(args: argparse.Namespace) -> ExtractionConfig:
-    return ExtractionConfig(multiscale=args.multiscale, max_edge=args.max_edge,
-                            max_sum_edges=args.max_sum_edges, max_keypoints=args.max_keypoints,
-                            preprocessing=args.preprocessing, tile_size=args.tile_size or None,
-                            precision="fp16" if args.half else args.precision)
+    from .extractor import ExtractionConfig  # noqa: PLC0415  (torch: see TYPE_CHECKING above)
+
+    values = given(max_edge=args.max_edge, max_sum_edges=args.max_sum_edges, max_keypoints=args.max_keypoints,
+                   preprocessing=args.preprocessing, tile_size=args.tile_size,
+                   precision="fp16" if args.half else args.precision)
+    if values.get("tile_size") == 0:
+        values["tile_size"] = None
+    return ExtractionConfig(multiscale=args.multiscale, **values)

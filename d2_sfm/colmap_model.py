@@ -35,13 +35,15 @@ class ModelError(D2SfmError, ValueError):
     """A folder that does not hold a (readable) COLMAP model."""
 
 
+def camera_num_params(model: pycolmap.CameraModelId) -> int:
+    """Number of parameters of a camera model (pycolmap's own count)."""
+    return len(pycolmap.Camera.create_from_model_id(0, model, 1.0, 1, 1).params)
+
+
 def camera_model_num_params() -> dict[int, int]:
     """{COLMAP camera model id: number of parameters}."""
-    counts = {}
-    for name, model in pycolmap.CameraModelId.__members__.items():
-        if name != "INVALID":
-            counts[int(model.value)] = len(pycolmap.Camera.create_from_model_name(0, name, 1.0, 1, 1).params)
-    return counts
+    return {int(model.value): camera_num_params(model)
+            for name, model in pycolmap.CameraModelId.__members__.items() if name != "INVALID"}
 
 
 class RecordReader:

@@ -2,26 +2,33 @@
 
 python -m d2_sfm.extract --images DIR --output FEATURES.h5 [--image-list FILE] [--weights NAME|PATH]
                          [--multiscale] [--max-edge N] [--max-sum-edges N] [--max-keypoints K]
+                         [--executor local|ray] [--ray-address ADDR] [--ray-gpus-per-task G]
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Iterator
 
+import torch
 from tqdm import tqdm
 
 from .cli import add_extraction_arguments, extraction_config_from_args, run_cli
-from .extractor import D2Extractor, ExtractionConfig, Features
+from .distributed.tasks import ExtractorSpec, ImageJob, ImageResult, extract_image
+from .executors import (ExecutorConfig, add_executor_arguments, check_ray_available, executor_config_from_args,
+                        map_unordered, ray_session, worker_device)
+from .extractor import D2Extractor, ExtractionConfig, Features, resolve_device, resolve_precision
 from .fingerprint import FileStamp
 from .h5io import (FEATURE_ID, H5_SUFFIXES, H5FormatError, atomic_h5, current_file, feature_records, file_attributes,
                    is_empty, prune_incomplete, remove_h5_output, up_to_date, write_features)
-from .images import ImageError, list_images_report, max_image_pixels
+from .images import ImageError, list_images_report, max_image_pixels, read_image_bytes
 from .locking import output_lock
 from .paths import check_output_path, check_pair_key_collisions, name_problem, resolve_inside, safe_relative_name
 from .textfiles import read_text_lines
+from .weights import resolve as resolve_weights
 
 DESCRIPTOR_DIM = 512
 # Settings that files written by d2_sfm 0.1 did not record, with the value they had then.
@@ -82,7 +89,7 @@ def listed_images(image_dir: Path, summary: ExtractionSummary) -> list[str]:
     return listing.names
 
 
-def check_settings(output: Path, extractor: D2Extractor) -> None:
+def check_settings(output: Path, extractor: D2Extractor | ExtractorSpec) -> None:
     """Refuse to append to features made with other weights or settings, or by another tool."""
     stored = file_attributes(output)
     if not stored and is_empty(output):  # top level only: the items are scanned once, by plan()
@@ -108,7 +115,7 @@ def has_settings(output: Path, extractor: D2Extractor) -> bool:
     return True
 
 
-def run_attributes(extractor: D2Extractor) -> dict[str, object]:
+def run_attributes(extractor: D2Extractor | ExtractorSpec) -> dict[str, object]:
     return {"weights": extractor.weights.name, "weights_sha256": extractor.weights.sha256,
             "descriptor_dim": DESCRIPTOR_DIM,
             **{f"config.{k}": v for k, v in extractor.config.as_attributes().items()}}
@@ -149,30 +156,39 @@ def feature_warning(features: Features, margin: float = PADDING_BAND) -> str | N
 def main(image_dir: Path, output: Path, image_list: list[str] | None = None,
          weights: str | None = None, config: ExtractionConfig = ExtractionConfig(),
          half_descriptors: bool = False, overwrite: bool = False, device: str = "cpu",
-         extractor: D2Extractor | None = None) -> ExtractionSummary:
+         extractor: D2Extractor | None = None, executor: ExecutorConfig = ExecutorConfig()) -> ExtractionSummary:
     """Extract features of `image_list` (default: every image below image_dir) into `output`.
 
     Resumable: images whose features are up to date are skipped, changed images are redone.
     Inputs (names, weights, output path) are validated before anything is deleted or computed.
+    `executor`: where the network runs (this process, or Ray tasks fed with the images' bytes);
+    this process alone writes `output`, the same way for both.
     """
     output = Path(output)
     check_output_path(output, H5_SUFFIXES, "features file")
     max_image_pixels()  # a bad D2_SFM_MAX_IMAGE_PIXELS is one error now, not one per image
+    check_ray_available(executor)
     summary = ExtractionSummary(output)
     names = [safe_relative_name(n) for n in image_list] if image_list else listed_images(image_dir, summary)
     check_pair_key_collisions(names, str(image_dir))
-    extractor = extractor or D2Extractor(weights, config, device)
+    if executor.is_ray:
+        settings: D2Extractor | ExtractorSpec = worker_spec(extractor, weights, config, device, executor)
+    else:
+        settings = extractor = extractor or D2Extractor(weights, config, device)
     start = time.time()
     with output_lock(output):
         if overwrite:
             remove_h5_output(output)
-        check_settings(output, extractor)
+        check_settings(output, settings)
         summary.skipped_existing, todo, summary.redone = plan(names, image_dir, output)
         if todo:
             with atomic_h5(output) as handle:
-                handle.attrs.update(run_attributes(extractor))
-                for name in tqdm(todo, desc="extract", unit="img"):
-                    extract_one(extractor, image_dir, name, handle, summary, half_descriptors)
+                handle.attrs.update(run_attributes(settings))
+                if executor.is_ray:
+                    extract_on_ray(settings, executor, image_dir, todo, handle, summary, half_descriptors)
+                else:
+                    for name in tqdm(todo, desc="extract", unit="img"):
+                        extract_one(extractor, image_dir, name, handle, summary, half_descriptors)
                 prune_incomplete(handle, FEATURE_ID, "keypoints")
     summary.seconds = time.time() - start
     summary.log()
@@ -192,12 +208,66 @@ def extract_one(extractor: D2Extractor, image_dir: Path, name: str, handle, summ
     except OSError as error:
         summary.failed[name] = f"cannot read image {path}: {error.strerror or error}"
         return
+    record_features(handle, name, stamp.to_text(), features, summary, half_descriptors)
+
+
+def record_features(handle, name: str, stamp: str, features: Features, summary: ExtractionSummary,
+                    half_descriptors: bool) -> None:
+    """Write one image's features (both executors) and note their warnings in the summary."""
     write_features(handle, name, features.keypoints, features.descriptors, features.scores,
-                   features.image_size, half_descriptors=half_descriptors, source=stamp.to_text())
+                   features.image_size, half_descriptors=half_descriptors, source=stamp)
     summary.extracted.append(name)
     warnings = list(features.read_warnings) + [w for w in [feature_warning(features)] if w]
     if warnings:
         summary.warnings[name] = "; ".join(warnings)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray executor: the driver reads each image's bytes and writes the features; workers decode
+# and run the network.
+
+
+def worker_spec(extractor: D2Extractor | None, weights: str | None, config: ExtractionConfig, device: str,
+                executor: ExecutorConfig) -> ExtractorSpec:
+    """The extractor Ray workers rebuild, checked here (weights loaded and validated, precision
+    resolved for the workers' device); the driver itself needs no GPU."""
+    if extractor is not None:
+        return ExtractorSpec(extractor.weights, extractor.config, str(extractor.device))
+    device = worker_device(executor, device)
+    on_workers = torch.device(device) if device == "cuda" else resolve_device(device)  # no GPU needed here
+    resolved = replace(config, precision=resolve_precision(config.precision, on_workers))
+    return ExtractorSpec(resolve_weights(weights, validate=True), resolved, str(on_workers))
+
+
+def read_jobs(image_dir: Path, todo: list[str], summary: ExtractionSummary) -> Iterator[ImageJob]:
+    """Each image's bytes and stamp, read lazily (bounded memory); unreadable files are failures."""
+    max_pixels = max_image_pixels()
+    for name in tqdm(todo, desc="extract (ray)", unit="img"):
+        path = resolve_inside(image_dir, name)
+        try:
+            stamp = FileStamp.of(path)  # before reading, as extract_one
+            data = read_image_bytes(path, max_pixels)
+        except ImageError as error:
+            summary.failed[name] = str(error)
+            continue
+        except OSError as error:
+            summary.failed[name] = f"cannot read image {path}: {error.strerror or error}"
+            continue
+        yield ImageJob(name, str(path), stamp.to_text(), data, max_pixels)
+
+
+def extract_on_ray(spec: ExtractorSpec, executor: ExecutorConfig, image_dir: Path, todo: list[str], handle,
+                   summary: ExtractionSummary, half_descriptors: bool) -> None:
+    """Extract `todo` with Ray tasks (one image each), writing each result as it arrives."""
+    ray = ray_session(executor)
+    weights_box = [ray.put(spec.weights.path.read_bytes())]  # in a list: fetched by a worker only once
+    results: Iterator[ImageResult] = map_unordered(executor, extract_image, read_jobs(image_dir, todo, summary),
+                                                   args=(spec, weights_box))
+    for result in results:
+        if result.features is None:
+            summary.failed[result.name] = result.failure or "not extracted"
+        else:
+            record_features(handle, result.name, result.stamp, result.features, summary, half_descriptors)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--half-descriptors", action="store_true", help="store descriptors as float16")
     parser.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
     add_extraction_arguments(parser)
+    add_executor_arguments(parser)
     return parser
 
 
@@ -215,7 +286,7 @@ def cli(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     image_list = read_image_list(args.image_list) if args.image_list else None
     summary = main(args.images, args.output, image_list, args.weights, extraction_config_from_args(args),
-                   args.half_descriptors, args.overwrite, args.device)
+                   args.half_descriptors, args.overwrite, args.device, executor=executor_config_from_args(args))
     if not summary.extracted and not summary.skipped_existing:
         logger.error("No image could be read: nothing extracted into %s", args.output)
         return 2

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
 from .errors import D2SfmError
 from .fingerprint import FileStamp
 from .h5io import (FEATURE_ID, H5_SUFFIXES, atomic_h5, feature_records, file_attributes, prune_incomplete, up_to_date,
@@ -77,14 +78,10 @@ def write_d2net_file(path: Path, keypoints_xy: np.ndarray, scores: np.ndarray, d
     keypoints_xy: (N, 2) x, y (integer = pixel centre); descriptors (N, D)."""
     keypoints_xy = np.asarray(keypoints_xy, np.float32).reshape(-1, 2)
     keypoints = np.concatenate([keypoints_xy, np.full((len(keypoints_xy), 1), scale, np.float32)], axis=1)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as handle:  # a handle: np.savez would append ".npz" to a file name
+    with atomic_path(path) as partial, open(partial, "wb") as handle:  # a handle: np.savez would add ".npz"
         np.savez(handle, keypoints=keypoints, scores=np.asarray(scores, np.float32).reshape(-1),
                  descriptors=np.asarray(descriptors, np.float32))
-    partial.replace(path)
-    return path
+    return Path(path)
 
 
 # ----------------------------------------------------------------------------------------------

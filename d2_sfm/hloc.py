@@ -1,6 +1,7 @@
 """d2_sfm inside hloc (github cvg/Hierarchical-Localization >= 1.5): an extractor and a matcher.
 
-    import d2_sfm.hloc                      # registers both when hloc is importable
+    import d2_sfm.hloc
+    d2_sfm.hloc.register()                  # explicit: importing this module changes nothing in hloc
     from hloc import extract_features, match_features
     features = extract_features.main(d2_sfm.hloc.confs["d2net-ss"], images, outputs)
     matches = match_features.main(d2_sfm.hloc.confs["d2-mnn"], pairs, features.stem, outputs)
@@ -9,7 +10,7 @@ After `register()`, hloc's `dynamic_load` finds the extractor `hloc.extractors.d
 matcher `hloc.matchers.d2_sfm`; hloc itself is not modified. Registration puts a module object
 for each into `sys.modules` (and on its parent package) holding exactly one class, a subclass of
 hloc's own `BaseModel` whose `__module__` is that module's name, which is what `dynamic_load`
-checks. Registration is per process: call it (or import this module) before hloc's runners.
+checks. Registration is per process: call it before hloc's runners.
 
 The extractor does not resize: hloc resizes (`preprocessing.resize_max`) and passes the image
 (1, 3, H, W) RGB in [0, 1]; the model scales it to 0..255 and applies caffe preprocessing itself.
@@ -18,8 +19,8 @@ original image with (kp + 0.5) * scale - 0.5, exactly like `d2_sfm.extract`.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.machinery
-import importlib.util
 import logging
 import sys
 import types
@@ -28,7 +29,6 @@ from typing import Any, Callable
 
 import torch
 
-from .detection import EDGE_THRESHOLD
 from .errors import D2SfmError
 from .extractor import ExtractionConfig, resolve_precision, top_k
 from .matching import MatcherConfig, match_descriptors
@@ -53,21 +53,13 @@ class HlocError(D2SfmError, RuntimeError):
 
 # --- confs ----------------------------------------------------------------------------------------
 
-EXTRACTOR_DEFAULTS: dict[str, Any] = {
-    "weights": None,  # None: d2_tf if cached/downloadable, else hed_vgg16 (offline); a name or a path
-    "multiscale": False,  # pyramid at scales 0.5, 1, 2
-    "preprocessing": "caffe",  # "caffe" for the official and HED weights, "torch" for torchvision
-    "use_relu": True,  # ReLU after conv4_3 (official default)
-    "max_keypoints": None,  # keep the K best-scoring keypoints (None: all)
-    "edge_threshold": EDGE_THRESHOLD,  # SIFT-like edge test on the dense maps
-    "precision": "auto",  # network arithmetic (d2_sfm.extractor.PRECISIONS), resolved on the image's device
-}
-MATCHER_DEFAULTS: dict[str, Any] = {
-    "ratio_threshold": None,  # Lowe's ratio on L2 distances (None: off)
-    "distance_threshold": None,  # max L2 distance between unit descriptors (None: off)
-    "mutual_check": True,
-    "chunk_size": 4096,  # rows of descriptors0 per similarity block (bounds memory)
-}
+# The ExtractionConfig options an hloc conf sets (documented there); resizing is hloc's own, tiling
+# is chosen by d2_sfm. Their defaults are ExtractionConfig's; `weights` None: d2_tf if cached or
+# downloadable, else hed_vgg16 (offline); a name or a checkpoint path.
+HLOC_EXTRACTION_OPTIONS = ("multiscale", "preprocessing", "use_relu", "max_keypoints", "edge_threshold", "precision")
+EXTRACTOR_DEFAULTS: dict[str, Any] = {"weights": None, **{key: getattr(ExtractionConfig(), key)
+                                                          for key in HLOC_EXTRACTION_OPTIONS}}
+MATCHER_DEFAULTS: dict[str, Any] = dataclasses.asdict(MatcherConfig())  # every MatcherConfig option
 
 
 def check_keys(conf: dict[str, Any], defaults: dict[str, Any], what: str) -> None:
@@ -76,8 +68,9 @@ def check_keys(conf: dict[str, Any], defaults: dict[str, Any], what: str) -> Non
         raise HlocError(f"unknown d2_sfm {what} option(s) {unknown}; valid: {sorted(defaults)}")
 
 
-def extractor_conf(multiscale: bool = False, resize_max: int | None = 1600, weights: str | None = None,
-                   max_keypoints: int | None = None, **model: Any) -> dict[str, Any]:
+def extractor_conf(multiscale: bool = EXTRACTOR_DEFAULTS["multiscale"], resize_max: int | None = 1600,
+                   weights: str | None = EXTRACTOR_DEFAULTS["weights"],
+                   max_keypoints: int | None = EXTRACTOR_DEFAULTS["max_keypoints"], **model: Any) -> dict[str, Any]:
     """An hloc extract_features conf for d2_sfm; the output name encodes the settings."""
     parts = ["feats-d2sfm", "ms" if multiscale else "ss"]
     if weights is not None:
@@ -93,8 +86,9 @@ def extractor_conf(multiscale: bool = False, resize_max: int | None = 1600, weig
             "preprocessing": {"grayscale": False, "resize_max": resize_max}}
 
 
-def matcher_conf(ratio_threshold: float | None = None, distance_threshold: float | None = None,
-                 mutual_check: bool = True) -> dict[str, Any]:
+def matcher_conf(ratio_threshold: float | None = MATCHER_DEFAULTS["ratio_threshold"],
+                 distance_threshold: float | None = MATCHER_DEFAULTS["distance_threshold"],
+                 mutual_check: bool = MATCHER_DEFAULTS["mutual_check"]) -> dict[str, Any]:
     """An hloc match_features conf for d2_sfm's matcher; the output name encodes the settings."""
     parts = ["matches-d2sfm", "mnn" if mutual_check else "nn"]
     if ratio_threshold is not None:
@@ -120,17 +114,16 @@ def extraction_config(conf: dict[str, Any]) -> ExtractionConfig:
     conf = {**EXTRACTOR_DEFAULTS, **conf}
     if conf["preprocessing"] not in ("caffe", "torch"):
         raise HlocError(f"preprocessing must be 'caffe' or 'torch', got {conf['preprocessing']!r}")
-    return ExtractionConfig(multiscale=bool(conf["multiscale"]), max_edge=None, max_sum_edges=None,
-                            max_keypoints=conf["max_keypoints"], preprocessing=conf["preprocessing"],
-                            use_relu=bool(conf["use_relu"]), edge_threshold=float(conf["edge_threshold"]),
-                            precision=str(conf["precision"]))
+    options = {key: conf[key] for key in HLOC_EXTRACTION_OPTIONS}
+    options.update(multiscale=bool(conf["multiscale"]), use_relu=bool(conf["use_relu"]),
+                   edge_threshold=float(conf["edge_threshold"]), precision=str(conf["precision"]))
+    return ExtractionConfig(max_edge=None, max_sum_edges=None, **options)
 
 
 def matcher_config(conf: dict[str, Any]) -> MatcherConfig:
     check_keys(conf, MATCHER_DEFAULTS, "matcher")
-    conf = {**MATCHER_DEFAULTS, **conf}
-    return MatcherConfig(ratio_threshold=conf["ratio_threshold"], distance_threshold=conf["distance_threshold"],
-                         mutual_check=bool(conf["mutual_check"]), chunk_size=int(conf["chunk_size"]))
+    conf = {key: conf.get(key, default) for key, default in MATCHER_DEFAULTS.items()}
+    return MatcherConfig(**{**conf, "mutual_check": bool(conf["mutual_check"]), "chunk_size": int(conf["chunk_size"])})
 
 
 # --- the computations, usable without hloc --------------------------------------------------------
@@ -254,7 +247,3 @@ def register() -> dict[str, type]:
         if dynamic_load(root, name) is not _registered[key]:  # hloc's own lookup must find ours
             raise HlocError(f"registering {root.__name__}.{name} failed: hloc resolves another class")
     return dict(_registered)
-
-
-if importlib.util.find_spec("hloc") is not None:  # absent hloc: only register() reports it
-    register()

@@ -2,21 +2,27 @@
 
 python -m d2_sfm.match --pairs PAIRS.txt --features FEATURES.h5 --output MATCHES.h5
                        [--ratio-threshold R] [--distance-threshold D] [--no-mutual] [--device cuda]
+                       [--executor local|ray] [--ray-address ADDR] [--ray-gpus-per-task G]
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import logging
+from collections import OrderedDict
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from .cli import run_cli
+from .distributed.tasks import match_shard
+from .executors import (ExecutorConfig, add_executor_arguments, check_ray_available, drain, executor_config_from_args,
+                        in_flight_bound, ray_session, remote_function, worker_device)
 from .extractor import resolve_device
 from .fingerprint import settings_fingerprint
 from .formats_d2net import import_d2net_if_changed
@@ -29,6 +35,9 @@ from .paths import check_output_path
 from .datasets.formats import read_pairs, unique_pairs
 
 logger = logging.getLogger(__name__)
+
+PAIRS_PER_TASK = 32  # Ray executor: consecutive pairs per task (pairs lists group pairs by image)
+DESCRIPTORS_KEPT = 64  # Ray executor: images whose descriptors stay in the object store for reuse
 
 
 class DescriptorCache:
@@ -103,11 +112,14 @@ def plan(pairs: list[tuple[str, str]], output: Path, cache: DescriptorCache, mat
 
 
 def main(pairs: Path, features: Path, output: Path, config: MatcherConfig = MatcherConfig(),
-         device: str = "cpu", overwrite: bool = False) -> Path:
+         device: str = "cpu", overwrite: bool = False, executor: ExecutorConfig = ExecutorConfig()) -> Path:
     """Match every pair of the pairs file. Resumable: a pair already in `output` is kept only if it
     was matched with the same settings from the same features; inputs are checked before anything
-    is deleted or computed."""
+    is deleted or computed. `executor`: where matching runs (this process, or Ray tasks fed with
+    descriptor arrays); this process alone writes `output`, the same way for both."""
     output = Path(output)
+    check_ray_available(executor)
+    device = worker_device(executor, device)
     check_output_path(output, H5_SUFFIXES, "matches file")
     if Path(features).exists() and output.exists() and output.samefile(features):
         raise H5FormatError(f"the matches output {output} is the features file; give another --output")
@@ -115,7 +127,7 @@ def main(pairs: Path, features: Path, output: Path, config: MatcherConfig = Matc
     if not listed:
         raise H5FormatError(f"pairs file {pairs} lists no pair of two different images: nothing to match")
     matcher = matcher_fingerprint(config)
-    cache = DescriptorCache(features, resolve_device(device))
+    cache = DescriptorCache(features, torch.device("cpu") if executor.is_ray else resolve_device(device))
     try:
         check_names(listed, cache, pairs)
         with output_lock(output):
@@ -124,7 +136,7 @@ def main(pairs: Path, features: Path, output: Path, config: MatcherConfig = Matc
             check_foreign(output)
             todo, fresh = plan(listed, output, cache, matcher)
             if todo or fresh:
-                write_pairs(todo, output, cache, config, matcher, fresh)
+                write_pairs(todo, output, cache, config, matcher, fresh, executor, device)
     finally:
         cache.close()
     logger.info("Matched %d new pairs into %s (%d up to date)", len(todo), output, len(listed) - len(todo))
@@ -147,16 +159,55 @@ def check_foreign(output: Path) -> None:
 
 
 def write_pairs(todo: list[tuple[str, str, str]], output: Path, cache: DescriptorCache, config: MatcherConfig,
-                matcher: str, fresh: bool) -> None:
+                matcher: str, fresh: bool, executor: ExecutorConfig = ExecutorConfig(), device: str = "cpu") -> None:
     with atomic_h5(output, fresh=fresh) as handle:
         handle.attrs.update({f"matcher.{k}": ("none" if v is None else v)
                              for k, v in dataclasses.asdict(config).items()})
         handle.attrs[MATCHER] = matcher
-        for name0, name1, features in tqdm(todo, desc="match", unit="pair", disable=not todo):
-            matches0, scores0 = match_descriptors(*cache.pair(name0, name1), config)
-            write_matches(handle, name0, name1, matches0.cpu().numpy(), scores0.cpu().numpy(),
-                          matcher=matcher, features=features)
+        if executor.is_ray:
+            for (name0, name1, features), (matches0, scores0) in match_on_ray(todo, cache, config, executor, device):
+                write_matches(handle, name0, name1, matches0, scores0, matcher=matcher, features=features)
+        else:
+            for name0, name1, features in tqdm(todo, desc="match", unit="pair", disable=not todo):
+                matches0, scores0 = match_descriptors(*cache.pair(name0, name1), config)
+                write_matches(handle, name0, name1, matches0.cpu().numpy(), scores0.cpu().numpy(),
+                              matcher=matcher, features=features)
         prune_incomplete(handle, MATCHER, "matches0")
+
+
+def match_on_ray(todo: list[tuple[str, str, str]], cache: DescriptorCache, config: MatcherConfig,
+                 executor: ExecutorConfig, device: str) -> Iterator[tuple[tuple[str, str, str], tuple[Any, Any]]]:
+    """(pair, (matches0, scores0)) for every pair of `todo`, as Ray tasks finish. Shards are runs of
+    PAIRS_PER_TASK consecutive pairs; each image's descriptors are put in the object store once
+    (while among the last DESCRIPTORS_KEPT used) and read by the tasks that need them."""
+    ray = ray_session(executor)
+    remote = remote_function(executor, match_shard)
+    shards = [todo[start:start + PAIRS_PER_TASK] for start in range(0, len(todo), PAIRS_PER_TASK)]
+    stored: OrderedDict[str, Any] = OrderedDict()
+
+    def reference(name: str) -> Any:
+        if name in stored:
+            stored.move_to_end(name)
+        else:
+            stored[name] = ray.put(cache.get(name).numpy())  # (N, D) float32, as matched locally
+            if len(stored) > DESCRIPTORS_KEPT:
+                stored.popitem(last=False)  # pending tasks keep their own reference
+        return stored[name]
+
+    def submissions() -> Iterator[Any]:
+        for number, shard in enumerate(shards):
+            names = list(dict.fromkeys(name for name0, name1, _ in shard for name in (name0, name1)))
+            for name0, name1, _ in shard:
+                cache.pair(name0, name1)  # checks the descriptors before sending them
+            index = {name: i for i, name in enumerate(names)}
+            pairs = [(index[name0], index[name1]) for name0, name1, _ in shard]
+            yield remote.remote(number, config, device, pairs, *[reference(name) for name in names])
+
+    progress = tqdm(total=len(todo), desc="match (ray)", unit="pair", disable=not todo)
+    for number, results in drain(ray, submissions(), in_flight_bound(ray, executor, 1.0)):
+        yield from zip(shards[number], results)
+        progress.update(len(results))
+    progress.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk-size", type=int, default=default.chunk_size)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--overwrite", action="store_true")
+    add_executor_arguments(parser)
     return parser
 
 
@@ -188,7 +240,8 @@ def cli(argv: list[str] | None = None) -> int:
     if args.import_d2net is not None:
         names = sorted({name for pair in read_pairs(args.pairs) for name in pair})
         import_d2net_if_changed(args.import_d2net, names, args.features)
-    main(args.pairs, args.features, args.output, config_from_args(args), args.device, args.overwrite)
+    main(args.pairs, args.features, args.output, config_from_args(args), args.device, args.overwrite,
+         executor_config_from_args(args))
     return 0
 
 

@@ -29,11 +29,12 @@ from .cli import run_cli
 from .datasets.formats import write_pairs
 from .errors import D2SfmError
 from .fingerprint import FileStamp
-from .h5io import (FEATURE_ID, SOURCE, atomic_h5, existing_names, feature_id, feature_records, file_attributes,
-                   list_h5_names, open_h5, prune_incomplete, up_to_date)
+from .h5io import (FEATURE_ID, GLOBAL_DESCRIPTOR, atomic_h5, existing_names, feature_records, file_attributes,
+                   list_h5_names, prune_incomplete, read_global_descriptors, up_to_date, write_global_descriptor)
 from .locking import output_lock
 from .images import ImageError, list_images, read_image, resize, resized_size
 from .datasets.formats import read_pairs, unique_pairs
+from .pair_selection import most_similar
 from .paths import check_output_path, resolve_inside
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,6 @@ logger = logging.getLogger(__name__)
 class PairsError(D2SfmError, ValueError):
     """A pairs file or pairs request that cannot be used; the message names the file and line."""
 
-GLOBAL_DESCRIPTOR = "global_descriptor"  # dataset of one image's GeM vector in the global features file
 PAIR_MODES = ("exhaustive", "sequential", "retrieval", "file")
 
 
@@ -86,10 +86,7 @@ def pairs_from_similarity(names: list[str], similarity: np.ndarray, num_matched:
     similarity = np.array(similarity, dtype=np.float64)
     np.fill_diagonal(similarity, -np.inf)
     k = min(num_matched, len(names) - 1)
-    pairs = []
-    for i in range(len(names)):
-        order = np.argsort(-similarity[i], kind="stable")[:k]
-        pairs.extend((names[i], names[j]) for j in order)
+    pairs = [(names[i], names[j]) for i, order in enumerate(most_similar(similarity, k)) for j in order]
     return unique_pairs(pairs)
 
 
@@ -138,23 +135,9 @@ def compute_global_features(image_dir: Path, names: list[str], output: Path, ext
                 except (ImageError, OSError) as error:
                     logger.warning("No global descriptor for %s: %s", name, error)
                     continue
-                if name in handle:
-                    del handle[name]
-                group = handle.create_group(name)
-                group.create_dataset(GLOBAL_DESCRIPTOR, data=descriptor)
-                group.attrs[SOURCE] = stamp.to_text()
-                group.attrs[FEATURE_ID] = feature_id(descriptor, descriptor[:0])
-                handle.flush()
+                write_global_descriptor(handle, name, descriptor, stamp.to_text())
             prune_incomplete(handle, FEATURE_ID, GLOBAL_DESCRIPTOR)
     return Path(output)
-
-
-def read_global_descriptors(path: Path, names: list[str]) -> np.ndarray:
-    with open_h5(path, "global descriptors file") as f:
-        missing = [n for n in names if n not in f or GLOBAL_DESCRIPTOR not in f[n]]
-        if missing:
-            raise PairsError(f"{path} has no global descriptor for {len(missing)} image(s), e.g. {missing[0]!r}")
-        return np.stack([f[n][GLOBAL_DESCRIPTOR][()].astype(np.float32) for n in names])
 
 
 # ----------------------------------------------------------------------------------------------

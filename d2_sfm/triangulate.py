@@ -29,9 +29,8 @@ from tqdm import tqdm
 
 from .colmap import pycolmap
 from .colmap_model import read_model
-from . import colmap_db
 from .cli import run_cli
-from .colmap_db import COLMAP_PIXEL_OFFSET, VerificationConfig
+from .colmap_import import COLMAP_PIXEL_OFFSET, VerificationConfig, import_matches, verify
 from .errors import D2SfmError, check_options
 from .h5io import (keypoint_uncertainty, list_h5_names, open_h5, read_image_size, read_keypoints,
                    stored_feature_id)
@@ -108,7 +107,7 @@ def import_and_verify(database: Path, reference: pycolmap.Reconstruction, image_
         for name, image_id in image_ids.items():
             db.write_keypoints(image_id, keypoints[name])
         identities = {name: (len(points), stored_feature_id(feats, name)) for name, points in keypoints.items()}
-        stats = colmap_db.import_matches(db, pairs, matches, image_ids, config.min_match_score, identities)
+        stats = import_matches(db, pairs, matches, image_ids, config.min_match_score, identities)
         if config.verification == "estimate":
             return -1
         kept = 0
@@ -140,7 +139,7 @@ def build_and_triangulate(model: pycolmap.Reconstruction, image_dir: Path, names
         image_ids = {n: i for n, i in database_from_model(partial, model).items() if n in names}
         kept = import_and_verify(partial, model, image_ids, pair_list, features, matches, config)
         if config.verification == "estimate":
-            colmap_db.verify(partial, VerificationConfig(), config.num_threads)
+            verify(partial, VerificationConfig(), config.num_threads)
     logger.info("Imported %d pairs%s", len(pair_list), f", {kept} kept after verification" if kept >= 0 else "")
     options = mapper_options or pycolmap.IncrementalPipelineOptions()
     options.num_threads = config.num_threads

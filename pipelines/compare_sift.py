@@ -21,13 +21,13 @@ import sys
 import time
 from pathlib import Path
 
-import cv2  # noqa: F401  (before pycolmap)
 import h5py
-import pycolmap
 
-from d2_sfm import colmap_db, reconstruct
 from d2_sfm.alignment import read_ground_truth_file
 from d2_sfm.cli import run_cli
+from d2_sfm.colmap import pycolmap
+from d2_sfm.colmap_cameras import CAMERA_MODES, MODEL_FOR_PARAM_COUNT, CameraConfig, parse_camera_params
+from d2_sfm.colmap_import import read_pair_stats
 from d2_sfm.h5io import list_h5_names
 from d2_sfm.images import list_images
 
@@ -35,9 +35,11 @@ logger = logging.getLogger("compare_sift")
 MIN_VERIFIED = 15  # pycolmap's TwoViewGeometryOptions.min_num_inliers
 
 
-def sift_reconstruction(image_dir: Path, output: Path, max_edge: int | None, camera: colmap_db.CameraConfig,
-                        ground_truth: dict | None) -> dict[str, object]:
-    """pycolmap's SIFT pipeline; returns the same statistics as d2_sfm's summary.json."""
+def run_sift(image_dir: Path, output: Path, max_edge: int | None, camera: CameraConfig
+             ) -> tuple[pycolmap.Reconstruction | None, dict[str, object]]:
+    """pycolmap's SIFT pipeline into `output` (its best model in output/models); returns that model
+    and the database's numbers with the time per step. Needs nothing but pycolmap, so that a process
+    running only this (pipelines/benchmark_reconstruct.py) pays no torch import."""
     if output.exists():
         shutil.rmtree(output)
     output.mkdir(parents=True)
@@ -46,7 +48,7 @@ def sift_reconstruction(image_dir: Path, output: Path, max_edge: int | None, cam
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = camera.model
     if camera.params is not None:
-        reader.camera_model = camera.params_model or colmap_db.MODEL_FOR_PARAM_COUNT[len(camera.params)]
+        reader.camera_model = camera.params_model or MODEL_FOR_PARAM_COUNT[len(camera.params)]
         reader.camera_params = ",".join(map(str, camera.params))
     mode = getattr(pycolmap.CameraMode, camera.mode.upper())
     extraction = pycolmap.FeatureExtractionOptions()
@@ -67,30 +69,39 @@ def sift_reconstruction(image_dir: Path, output: Path, max_edge: int | None, cam
     start = time.time()
     models = pycolmap.incremental_mapping(str(database), str(image_dir), str(output / "models"), options)
     timings["map"] = time.time() - start
-    best = reconstruct.best_model(models)
-    num_images = len(list_images(image_dir))
+    best = max(models.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()), default=None)
     with pycolmap.Database.open(str(database)) as db:
         num_keypoints = db.num_keypoints() / max(db.num_images(), 1)
         verified = str(sum(len(g.inlier_matches) >= MIN_VERIFIED for g in db.read_two_view_geometries()[1]))
-    data: dict[str, object] = {"num_images": num_images, "mean_keypoints": num_keypoints, "verified_pairs": verified}
+    if best is not None:
+        best.write(str(output / "models"))
+    data: dict[str, object] = {"num_images": len(list_images(image_dir)), "mean_keypoints": num_keypoints,
+                               "verified_pairs": verified, "timings": {**timings, "total": sum(timings.values())}}
+    return best, data
+
+
+def sift_reconstruction(image_dir: Path, output: Path, max_edge: int | None, camera: CameraConfig,
+                        ground_truth: dict | None) -> dict[str, object]:
+    """pycolmap's SIFT pipeline; returns the same statistics as d2_sfm's summary.json."""
+    from d2_sfm import reconstruct  # here, not at the top: run_sift's processes must not import torch
+    best, data = run_sift(image_dir, output, max_edge, camera)
     if best is None:
-        return {**data, "num_registered": 0, "timings": timings}
-    best.write(str(output / "models"))
+        return {**data, "num_registered": 0}
     data.update(reconstruct.model_statistics(best))
     if ground_truth:
         data["ground_truth"], _ = reconstruct.ground_truth_report(best, ground_truth)
-    data["timings"] = {**timings, "total": sum(timings.values())}
     return data
 
 
-def d2_reconstruction(image_dir: Path, output: Path, config: reconstruct.ReconstructionConfig,
-                      ground_truth: dict | None) -> dict[str, object]:
+def d2_reconstruction(image_dir: Path, output: Path, config, ground_truth: dict | None) -> dict[str, object]:
+    """d2_sfm.reconstruct.main with `config` (a ReconstructionConfig); the same statistics as SIFT's."""
+    from d2_sfm import reconstruct
     summary = reconstruct.main(image_dir, output, config, overwrite=False, ground_truth=ground_truth)
     data = dict(summary.data)
     names = list_h5_names(output / "features.h5")
     with h5py.File(output / "features.h5", "r") as f:
         data["mean_keypoints"] = sum(f[n]["keypoints"].shape[0] for n in names) / max(len(names), 1)
-    stats = colmap_db.read_pair_stats(output / "database.pairs.json")
+    stats = read_pair_stats(output / "database.pairs.json")
     verified = sum(s.num_inliers >= MIN_VERIFIED for s in stats)
     data["verified_pairs"] = f"{verified} ({data['pairs']['kept']} kept)"
     return data
@@ -126,8 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-edge", type=int, default=1024)
     parser.add_argument("--weights", default=None)
     parser.add_argument("--multiscale", action="store_true")
-    parser.add_argument("--camera-mode", choices=colmap_db.CAMERA_MODES, default="auto")
-    parser.add_argument("--camera-params", type=colmap_db.parse_camera_params)
+    parser.add_argument("--camera-mode", choices=CAMERA_MODES, default="auto")
+    parser.add_argument("--camera-params", type=parse_camera_params)
     parser.add_argument("--ground-truth", type=Path)
     parser.add_argument("--skip-sift", action="store_true")
     parser.add_argument("--skip-d2", action="store_true")
@@ -137,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cli(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    camera = (colmap_db.CameraConfig(mode=args.camera_mode, params=tuple(args.camera_params))
-              if args.camera_params else colmap_db.CameraConfig(mode=args.camera_mode))
+    camera = (CameraConfig(mode=args.camera_mode, params=tuple(args.camera_params))
+              if args.camera_params else CameraConfig(mode=args.camera_mode))
     ground_truth = read_ground_truth_file(args.ground_truth, list_images(args.images)) if args.ground_truth else None
     results = {}
     if not args.skip_sift:
@@ -146,6 +157,7 @@ def cli(argv: list[str] | None = None) -> int:
         results["SIFT (pycolmap)"] = sift_reconstruction(args.images, args.output / "sift", args.max_edge, camera,
                                                          ground_truth)
     if not args.skip_d2:
+        from d2_sfm import reconstruct
         extraction = reconstruct.ExtractionConfig(multiscale=args.multiscale, max_edge=args.max_edge)
         config = reconstruct.ReconstructionConfig(weights=args.weights, extraction=extraction, camera=camera)
         logger.info("D2 (d2_sfm) on %s", args.images)

@@ -1,12 +1,17 @@
 """MMA at 1..10 px and mutual-NN match counts on image pairs with ground-truth homographies.
 
   python pipelines/eval_homography.py --weights hed_vgg16 [--weights PATH ...] [--sift] \
-      [--data ../shared/data/homography] [--pairs pass-fail|all] [--device cuda] [--json OUT]
+      [--data ../shared/data/homography] [--pairs pass-fail|all] [--device cuda] [--json OUT] \
+      [--refine] [--refine-layers conv3_3,conv1_2 --refine-bounds 1,2]
 
 Every method runs on every pair (graffiti, boat, iguazu 1->k, EVD); the summary averages the five
 pass/fail pairs (graffiti 1-2, 1-3, boat 1-2, iguazu 1-3, 1-6). MMA as in D2-Net's HPatches
 notebook: mutual NN on L2-normalised descriptors, share of matches within t px under the GT
 homography. D2 runs single-scale with the official resizing (max edge 1600, max W+H 2800).
+
+--refine adds, per D2 method, the same matches after pair-wise featuremetric keypoint adjustment
+(d2_sfm.refine's math on two-view tracks): each match is a track whose root is the image-1
+keypoint, and the image-2 keypoint moves (bounded) until the dense early-layer features agree.
 """
 from __future__ import annotations
 
@@ -22,15 +27,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from d2_sfm.cli import run_cli  # noqa: E402
 from d2_sfm.errors import D2SfmError  # noqa: E402
-from d2_sfm.training.homography_eval import (PASS_FAIL_PAIRS, THRESHOLDS, PairResult,  # noqa: E402
-                                             d2_features, evaluate, list_pairs, sift_features)
+from d2_sfm.training.homography_eval import (PASS_FAIL_PAIRS, THRESHOLDS, HomographyPair,  # noqa: E402
+                                             PairResult, d2_features, evaluate, list_pairs, mma, project,
+                                             sift_features)
 
 logger = logging.getLogger("d2_sfm.eval_homography")
 SHOWN_THRESHOLDS = (1, 2, 3, 5, 10)
 
 
 def main(weights: list[str], sift: bool, data: Path, pairs: str = "all", device: str = "cpu",
-         multiscale: bool = False) -> dict[str, list[PairResult]]:
+         multiscale: bool = False, refine=None) -> dict[str, list[PairResult]]:
     """Evaluate each method on the pairs; returns {method: results in pair order}."""
     from d2_sfm.extractor import D2Extractor, ExtractionConfig
 
@@ -44,9 +50,46 @@ def main(weights: list[str], sift: bool, data: Path, pairs: str = "all", device:
     results = {}
     for name in weights:
         extractor = D2Extractor(name, ExtractionConfig(multiscale=multiscale), device=device)
-        results[f"d2 {method_label(name, results)}"] = evaluate(d2_features(extractor), selected)
+        label = f"d2 {method_label(name, results)}"
+        results[label] = evaluate(d2_features(extractor), selected)
+        if refine is not None:
+            results[f"{label} +KA"] = evaluate_refined(extractor, refine, selected)
     if sift:
         results["sift"] = evaluate(sift_features, selected)
+    return results
+
+
+def evaluate_refined(extractor, config, pairs: list[HomographyPair]) -> list[PairResult]:
+    """MMA of the mutual-NN matches after pair-wise keypoint adjustment (config: refine.RefineConfig)."""
+    import torch
+
+    from d2_sfm.images import read_image, resize, resized_size
+    from d2_sfm.matching import mutual_nearest_neighbours
+    from d2_sfm.refinement import backbone, dense_maps, descriptors_at, refine_query_keypoints
+
+    network = backbone(extractor.model, config.layers)
+    cache: dict[Path, tuple] = {}
+
+    def get(path: Path) -> tuple:
+        if path not in cache:
+            image = read_image(path)
+            height, width = image.shape[:2]
+            small = resize(image, resized_size(width, height, config.max_edge, config.max_sum_edges))
+            features = extractor.extract_array(image)
+            cache[path] = (features.keypoints, features.descriptors, dense_maps(network, config.layers, small,
+                                                                                (width, height)))
+        return cache[path]
+
+    results = []
+    for pair in pairs:
+        (xy0, desc0, maps0), (xy1, desc1, maps1) = get(pair.path1), get(pair.path2)
+        matches0, _ = mutual_nearest_neighbours(torch.from_numpy(desc0).float(), torch.from_numpy(desc1).float())
+        index0 = np.flatnonzero(matches0.numpy() >= 0)
+        index1 = matches0.numpy()[index0]
+        references = [descriptors_at(m, torch.from_numpy(xy0[index0]).to(m.features.device)) for m in maps0]
+        refined1 = refine_query_keypoints(maps1, xy1[index1], references, config.solvers())
+        errors = np.linalg.norm(project(pair.homography, xy0[index0]) - refined1, axis=1)
+        results.append(PairResult(pair.name, (len(xy0), len(xy1)), len(errors), mma(errors)))
     return results
 
 
@@ -92,12 +135,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--multiscale", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="also write all numbers here")
+    parser.add_argument("--refine", action="store_true", help="also score D2 matches after keypoint adjustment")
+    parser.add_argument("--refine-layers", default=None, help="dense levels, coarse to fine (default: refine's)")
+    parser.add_argument("--refine-bounds", default=None, help="bound per level in its cells (default: refine's)")
     return parser
+
+
+def refine_config(args: argparse.Namespace):
+    from dataclasses import replace
+
+    from d2_sfm.errors import ConfigError
+    from d2_sfm.refine import RefineConfig
+
+    config = RefineConfig()
+    if args.refine_layers:
+        layers = tuple(args.refine_layers.split(","))
+        config = replace(config, layers=layers, bounds=config.bounds[:1] * len(layers))
+    if args.refine_bounds:
+        try:
+            config = replace(config, bounds=tuple(float(b) for b in args.refine_bounds.split(",")))
+        except ValueError:
+            raise ConfigError(f"--refine-bounds must be comma-separated numbers, got {args.refine_bounds!r}") from None
+    return config
 
 
 def cli(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    results = main(args.weights or ["hed_vgg16"], args.sift, args.data, args.pairs, args.device, args.multiscale)
+    refine = refine_config(args) if args.refine else None
+    results = main(args.weights or ["hed_vgg16"], args.sift, args.data, args.pairs, args.device, args.multiscale,
+                   refine)
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps({m: [{"pair": r.name, "keypoints": r.keypoints, "matches": r.matches,

@@ -9,6 +9,7 @@ import pytest
 
 from d2_sfm import colmap_db
 from d2_sfm.colmap_db import CameraConfig, DatabaseError, VerificationConfig
+from d2_sfm.errors import D2SfmError
 from d2_sfm.h5io import H5FormatError, atomic_h5
 from synthetic_colmap_scene import FOCAL, HEIGHT, WIDTH, SyntheticInputs, synthetic_inputs
 
@@ -167,3 +168,34 @@ def test_cli_defaults_match_configs():
                                                 "--matches", "m", "--output", "o"])
     assert colmap_db.camera_config_from_args(args) == CameraConfig()
     assert colmap_db.verification_config_from_args(args) == VerificationConfig()
+
+
+def test_two_pass_verification_redoes_near_misses_with_all_trials(scene, tmp_path):
+    noise = ("view0.jpg", "noise.jpg")
+    inliers = lambda summary: {(s.name0, s.name1): s.num_inliers for s in summary.pairs}  # noqa: E731
+    one_pass = inliers(build(scene, tmp_path, verification=VerificationConfig(first_pass_trials=None)))
+    assert one_pass[noise] >= 15  # chance inliers that 10000 trials find
+    # one trial finds none of them; with a fraction of 1 no rejected pair counts as a near miss
+    quick = build(scene, tmp_path, verification=VerificationConfig(first_pass_trials=1, second_pass_fraction=1.0))
+    assert inliers(quick)[noise] < one_pass[noise] and not any(s.verified_twice for s in quick.pairs)
+    # with a fraction of 0 every pair the first pass rejects is verified again with the full count
+    again = build(scene, tmp_path, verification=VerificationConfig(first_pass_trials=1, second_pass_fraction=0.0))
+    assert inliers(again) == one_pass
+    assert noise in {(s.name0, s.name1) for s in again.pairs if s.verified_twice}
+    stored = colmap_db.read_pair_stats(colmap_db.pair_stats_path(tmp_path / "database.db"))
+    assert [s.verified_twice for s in stored] == [s.verified_twice for s in again.pairs]
+
+
+@pytest.mark.parametrize("inliers,matches,expected", [(40, 200, True), (29, 200, False), (40, 500, False),
+                                                      (60, 200, False), (60, 500, True)])
+def test_near_misses_of_the_first_pass(inliers, matches, expected):
+    config = VerificationConfig(min_pair_inliers=50, min_pair_inlier_ratio=0.15, second_pass_fraction=0.6)
+    assert colmap_db.near_miss(inliers, matches, config) is expected
+
+
+def test_first_pass_option():
+    args = colmap_db.build_parser().parse_args(["--images", "i", "--features", "f", "--pairs", "p", "--matches", "m",
+                                                "--output", "o", "--first-pass-trials", "0"])
+    assert colmap_db.verification_config_from_args(args).first_pass_trials is None
+    with pytest.raises(D2SfmError, match="first_pass_trials"):
+        VerificationConfig(first_pass_trials=VerificationConfig.max_num_trials + 1)

@@ -182,6 +182,23 @@ def test_d2_sfm_and_its_clis_work_without_hloc():
     assert "ERR hloc is not installed" in result.stdout and "--images" in result.stdout
 
 
+STAND_IN_HLOC = ("hloc/__init__.py", "hloc/extractors/__init__.py", "hloc/matchers/__init__.py")
+
+
+def test_importing_touches_no_importable_hloc(tmp_path):
+    # an importable package named hloc on sys.path: importing d2_sfm.hloc must leave it alone
+    # (registration itself is checked against the real hloc below, where it is installed)
+    for relative in STAND_IN_HLOC:
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text("")
+    code = ("import sys\n"
+            f"sys.path.insert(0, {str(tmp_path)!r})\n"
+            "import d2_sfm.hloc\n"
+            "assert not any(m == 'hloc' or m.startswith('hloc.') for m in sys.modules), 'import touched hloc'\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
 # --- with hloc: its real runners on our extractor and matcher -------------------------------------
 
 @pytest.fixture(scope="module")
@@ -217,7 +234,6 @@ def test_register_is_found_by_hloc_dynamic_load():
     from hloc import extractors, matchers
     from hloc.utils.base_model import BaseModel, dynamic_load
 
-    assert "hloc.extractors.d2_sfm" in sys.modules  # `import d2_sfm.hloc` registered already
     classes = d2hloc.register()
     assert d2hloc.register() == classes  # idempotent
     assert dynamic_load(extractors, "d2_sfm") is classes["extractor"]

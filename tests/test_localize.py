@@ -12,7 +12,8 @@ from d2_sfm.cli import run_cli
 from d2_sfm.datasets import DatasetError
 from d2_sfm.datasets.formats import read_poses
 from d2_sfm.extractor import ExtractionConfig
-from d2_sfm.localization.estimation import LocalizationError, QueryResult
+from d2_sfm.localization import LocalizationError
+from d2_sfm.localization.estimation import QueryResult
 from d2_sfm.matching import MatcherConfig
 
 QUERIES = ["query/day/a.jpg", "query/night/b.jpg"]

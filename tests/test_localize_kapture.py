@@ -16,7 +16,7 @@ import pytest
 from d2_sfm import localize
 from d2_sfm.datasets import synthetic
 from d2_sfm.datasets.formats import read_poses
-from d2_sfm.datasets.kapture_dataset import kapture_names_of_synthetic, translate_pairs, write_kapture_from_synthetic
+from d2_sfm.datasets.kapture_writer import kapture_names_of_synthetic, translate_pairs, write_kapture_from_synthetic
 
 pytestmark = pytest.mark.slow
 

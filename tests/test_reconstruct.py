@@ -89,6 +89,19 @@ def test_mapping_recovers_the_synthetic_poses(mapped):
     assert relative_rotation_errors(model_poses(model), scene.cam_from_world).max() < 0.5
 
 
+def test_global_mapping_recovers_the_synthetic_poses_without_touching_the_database(mapped, tmp_path):
+    """GLOMAP on the same database (unknown intrinsics: view-graph calibration, in a copy)."""
+    scene, _, _, root = mapped
+    database = (root / "database.db").read_bytes()
+    models = reconstruct.map_images(reconstruct.MapperConfig(method="global"), root / "database.db", scene.image_dir,
+                                    tmp_path / "models", tmp_path / "work", 6, [])
+    model = reconstruct.best_model(models)
+    assert model.num_reg_images() == 5
+    errors = align_and_compare(model_poses(model), scene.cam_from_world)
+    assert errors.max_rotation_deg < 0.5 and errors.max_centre_fraction < 0.01
+    assert (root / "database.db").read_bytes() == database and not (tmp_path / "work").exists()
+
+
 def test_assessment_flags_weak_registrations(mapped):
     scene, summary, model, root = mapped
     cameras = reconstruct.initial_cameras(root / "database.db")
@@ -97,6 +110,29 @@ def test_assessment_flags_weak_registrations(mapped):
     strict = ReliabilityConfig(strong_pair_inliers=10 ** 6)
     flagged = reconstruct.assess_model(model, summary.pairs, summary.camera_sources, cameras, 6, strict)
     assert flagged.status == "unreliable" and set(flagged.weak_images) == set(model_poses(model))
+
+
+def test_stability_check_stops_after_one_clearly_stable_rerun(mapped, tmp_path):
+    """A well-determined model: the first re-run from another pair registers every view again and
+    agrees to a fraction of a degree, so no second re-run is made."""
+    scene, summary, model, root = mapped
+    options = reconstruct.mapper_options(reconstruct.MapperConfig(num_threads=1), [])
+    runs = reconstruct.stability_check(root / "database.db", scene.image_dir, tmp_path / "work", model, summary.pairs,
+                                       options, ReliabilityConfig(stability_runs=2))
+    assert len(runs) == 1 and runs[0]["num_registered"] == model.num_reg_images()
+    assert runs[0]["max_deg"] < 0.5 and not reconstruct.stability_warnings(runs, ReliabilityConfig())
+    assert options.init_num_trials == 1 and not (tmp_path / "work").exists()
+
+
+def test_a_borderline_rerun_asks_for_another_and_a_large_one_flags():
+    config = ReliabilityConfig()
+    run = {"initial_pair": ["a", "b"], "num_registered": 6, "num_common_pairs": 15, "median_deg": 0.1, "max_deg": 0.3}
+    assert reconstruct.clearly_stable(run, 6, config)
+    assert not reconstruct.clearly_stable({**run, "num_registered": 5}, 6, config)
+    borderline = {**run, "max_deg": 0.6 * config.max_stability_deg}
+    assert not reconstruct.clearly_stable(borderline, 6, config) and not reconstruct.stability_warnings([borderline],
+                                                                                                        config)
+    assert reconstruct.stability_warnings([{**run, "median_deg": 2 * config.max_stability_median_deg}], config)
 
 
 def test_camera_warnings_for_implausible_intrinsics():

@@ -7,8 +7,10 @@ Modules (imported on demand; this package itself imports nothing heavy):
 - `scenes`: the synthetic street (Aachen-like), room (InLoc-like) and plaza (sample) scenes.
 - `sample_scene`: the small multi-view scene used by `python -m d2_sfm.reconstruct`.
 - `formats`: NVM v3, intrinsics lists, results (pose) files, pairs files.
-- `aachen`, `inloc`: dataset descriptions that locate and validate every file.
-- `synthetic`: writes small datasets in the exact Aachen / InLoc layouts (CLI).
+- `aachen`, `inloc`, `kapture_dataset`: dataset descriptions that locate and validate every file
+  (`kapture_writer`: the synthetic look-alike as a kapture dataset).
+- `synthetic`: writes small datasets in the exact Aachen / InLoc layouts (CLI; the InLoc part in
+  `synthetic_inloc`, shared pieces in `synthetic_views`).
 
 Conventions everywhere: poses are `cam_from_world` (world -> camera, COLMAP axes x right, y down,
 z forward); pixel coordinates are COLMAP's (the centre of the top-left pixel is (0.5, 0.5)).

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse
 
 from ..colmap import pycolmap
 from ..colmap_model import read_model
 from ..colmap_readonly import DatabaseReadError, read_image_ids
+from ..pair_selection import Observations, covisibility_pairs
 from . import DatasetError
 from .formats import checked_name, read_intrinsics_list, read_nvm, require_file
 
@@ -186,16 +186,19 @@ class AachenDataset:
                 return query
         raise KeyError(f"{name!r} is not an Aachen query of {self.root}")
 
-    def covisibility_pairs(self, num_matched: int = 20) -> list[tuple[str, str]]:
-        """For each database image, the `num_matched` images sharing most SIFT points with it
-        (in decreasing order, only those sharing at least one), from the NVM points (v1.0) or the
-        model's tracks (v1.1): the pairs hloc's pairs_from_covisibility makes for triangulation."""
+    def observations(self) -> Observations:
+        """Which database image sees which point of the dataset's own (SIFT) model: the NVM points
+        (v1.0) or the model's tracks (v1.1)."""
         if self.version == "v1_0":
             points = read_nvm(self.root / NVM_FILE).points
-            point_index, image_index = points.point_index, points.image_index
-        else:
-            point_index, image_index = model_track_indices(self.root / MODEL_V1_1_DIR, self.db_names)
-        return top_covisible_pairs(point_index, image_index, self.db_names, num_matched)
+            return Observations(self.db_names, points.image_index, points.point_index)
+        return model_observations(self.root / MODEL_V1_1_DIR, self.db_names)
+
+    def covisibility_pairs(self, num_matched: int = 20) -> list[tuple[str, str]]:
+        """For each database image, the `num_matched` images sharing most SIFT points with it
+        (in decreasing order, only those sharing at least one): the pairs hloc's
+        pairs_from_covisibility makes for triangulation."""
+        return covisibility_pairs(self.observations(), num_matched)
 
     def reference_reconstruction(self) -> pycolmap.Reconstruction:
         """pycolmap.Reconstruction of the database images with their known poses and intrinsics
@@ -208,7 +211,7 @@ def reconstruction_from_images(images: tuple[DatabaseImage, ...]) -> pycolmap.Re
     reconstruction = pycolmap.Reconstruction()
     for image in images:
         if not reconstruction.exists_camera(image.camera_id):
-            camera = pycolmap.Camera(model=image.camera.model.name, width=image.camera.width,
+            camera = pycolmap.Camera(model=image.camera.model, width=image.camera.width,
                                      height=image.camera.height, params=image.camera.params,
                                      camera_id=image.camera_id)
             reconstruction.add_camera_with_trivial_rig(camera)
@@ -220,33 +223,14 @@ def reconstruction_from_images(images: tuple[DatabaseImage, ...]) -> pycolmap.Re
     return reconstruction
 
 
-def model_track_indices(model_dir: Path, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(point index, image index into `names`) of every track element of a COLMAP model."""
+def model_observations(model_dir: Path, names: list[str]) -> Observations:
+    """Every track element of a COLMAP model, as (image index into `names`, point index)."""
     model = read_model(model_dir, DatasetError)
-    index_of = {model.images[i].image_id: names.index(model.images[i].name) for i in model.images}
+    position = {name: i for i, name in enumerate(names)}
+    index_of = {image_id: position[image.name] for image_id, image in model.images.items()}
     point_index, image_index = [], []
     for k, point in enumerate(model.points3D.values()):
         for element in point.track.elements:
             point_index.append(k)
             image_index.append(index_of[element.image_id])
-    return np.array(point_index, np.int64), np.array(image_index, np.int64)
-
-
-def top_covisible_pairs(point_index: np.ndarray, image_index: np.ndarray, names: list[str], k: int
-                        ) -> list[tuple[str, str]]:
-    """Pairs (i, j) for the k images j sharing most points with each image i (count > 0)."""
-    if len(point_index) == 0:
-        return []
-    incidence = scipy.sparse.csr_matrix((np.ones(len(point_index)), (point_index, image_index)),
-                                        shape=(int(point_index.max()) + 1, len(names)))
-    incidence.data[:] = 1  # a point observed twice in one image counts once
-    counts = (incidence.T @ incidence).tocsr()  # sparse: Aachen has 4328 images
-    pairs = []
-    for i in range(len(names)):
-        row = slice(counts.indptr[i], counts.indptr[i + 1])
-        others, shared = counts.indices[row], counts.data[row]
-        keep = others != i
-        others, shared = others[keep], shared[keep]
-        order = np.lexsort((others, -shared))[:k]   # most shared first, ties by image order
-        pairs += [(names[i], names[j]) for j in others[order]]
-    return pairs
+    return Observations(names, np.array(image_index, np.int64), np.array(point_index, np.int64))

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..colmap import pycolmap
+from ..colmap_model import camera_num_params
 from ..paths import UnsafePathError, safe_relative_name
 from ..textfiles import read_text
 from ..atomic import write_text
@@ -89,24 +90,24 @@ def checked_name(name: str, where: str) -> str:
 # cameras and poses
 
 
-def camera_num_params(model: str, where: str) -> int:
-    """Number of parameters of a COLMAP camera model named `model`."""
-    if model not in pycolmap.CameraModelId.__members__ or model == "INVALID":
-        raise DatasetError(f"{where}: unknown COLMAP camera model {model!r}")
-    return len(pycolmap.Camera.create_from_model_name(0, model, 1.0, 1, 1).params)
+def camera_model(name: str, where: str) -> pycolmap.CameraModelId:
+    """pycolmap's camera model named `name` (as COLMAP's text files spell it)."""
+    if name == "INVALID" or name not in pycolmap.CameraModelId.__members__:
+        raise DatasetError(f"{where}: unknown COLMAP camera model {name!r}")
+    return pycolmap.CameraModelId.__members__[name]
 
 
 def camera_from_fields(fields: Sequence[str], where: str) -> pycolmap.Camera:
     """pycolmap.Camera from `MODEL WIDTH HEIGHT params...` with the parameter count checked."""
     if len(fields) < 3:
         raise DatasetError(f"{where}: expected 'MODEL WIDTH HEIGHT params...', got {' '.join(fields)!r}")
-    model = fields[0]
-    expected = camera_num_params(model, where)
+    model = camera_model(fields[0], where)
+    expected = camera_num_params(model)
     width = parse_int(fields[1], where, "image width", minimum=1)
     height = parse_int(fields[2], where, "image height", minimum=1)
-    params = parse_floats(fields[3:], where, f"{model} parameters")
+    params = parse_floats(fields[3:], where, f"{model.name} parameters")
     if len(params) != expected:
-        raise DatasetError(f"{where}: camera model {model} takes {expected} parameters, got {len(params)}")
+        raise DatasetError(f"{where}: camera model {model.name} takes {expected} parameters, got {len(params)}")
     return pycolmap.Camera(model=model, width=width, height=height, params=params)
 
 

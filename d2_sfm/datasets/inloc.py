@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 import scipy.io
 
+from ..atomic import atomic_path, write_text
 from ..colmap import pycolmap
 from . import DatasetError
 from ..textfiles import read_text
@@ -153,10 +154,9 @@ def write_xyzcut(path: Path, xyz: np.ndarray) -> Path:
     xyz = np.asarray(xyz)
     if xyz.ndim != 3 or xyz.shape[2] != 3:
         raise ValueError(f"XYZcut must be (H, W, 3), got {xyz.shape}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scipy.io.savemat(str(path), {"XYZcut": xyz.astype(np.float64)}, do_compression=True)
-    return path
+    with atomic_path(path) as partial, open(partial, "wb") as handle:  # a handle: savemat adds no suffix
+        scipy.io.savemat(handle, {"XYZcut": xyz.astype(np.float64)}, do_compression=True)
+    return Path(path)
 
 
 def format_matrix(matrix: np.ndarray) -> str:
@@ -179,10 +179,7 @@ def write_transformation(path: Path, after_gicp: np.ndarray, before_gicp: np.nda
     before_gicp = after_gicp if before_gicp is None else before_gicp
     text = (f"{TRANSFORM_LABELS[0]}\n{format_matrix(before_gicp)}\n"
             f"{TRANSFORM_LABELS[6]}\n{format_matrix(after_gicp)}\n")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
+    return write_text(Path(path), text)
 
 
 def read_transformations(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -233,10 +230,7 @@ def read_query_floors(path: Path) -> dict[str, str]:
 
 
 def write_query_floors(path: Path, floors: dict[str, str]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{name} {floor}\n" for name, floor in floors.items()))
-    return path
+    return write_text(Path(path), "".join(f"{name} {floor}\n" for name, floor in floors.items()))
 
 
 @dataclass(frozen=True, eq=False)

@@ -33,20 +33,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..colmap import pycolmap
-from ..localize import AachenScene, DatasetPreset
 from ..paths import name_problem
 from ..textfiles import read_text_lines
 from . import DatasetError
-from .aachen import (MODEL_V1_1_DIR, AachenDataset, DatabaseImage, QueryCamera, check_images_exist,
-                     reconstruction_from_images)
-from .formats import checked_name, num, parse_floats, qt_from_rigid, read_pairs, read_poses, rigid_from_qt
+from .aachen import DatabaseImage, QueryCamera, check_images_exist, reconstruction_from_images
+from ..colmap_model import camera_num_params
+from .formats import camera_model, checked_name, parse_floats, rigid_from_qt
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +56,9 @@ RIGS_FILE = "sensors/rigs.txt"
 RECORDS_DIR = "sensors/records_data"
 KAPTURE_HEADER = "# kapture format: 1.1"
 UNKNOWN_CAMERA = "UNKNOWN_CAMERA"
-# kapture's CameraType names (kapture/core/Sensors.py) with their COLMAP parameter counts
-CAMERA_MODELS = {"SIMPLE_PINHOLE": 3, "PINHOLE": 4, "SIMPLE_RADIAL": 4, "RADIAL": 5, "OPENCV": 8,
-                 "OPENCV_FISHEYE": 8, "FULL_OPENCV": 12, "FOV": 5, "SIMPLE_RADIAL_FISHEYE": 4,
-                 "RADIAL_FISHEYE": 5, "THIN_PRISM_FISHEYE": 12}
+# kapture's CameraType names (kapture/core/Sensors.py): COLMAP's models, parameters in COLMAP's order
+CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "OPENCV_FISHEYE", "FULL_OPENCV",
+                 "FOV", "SIMPLE_RADIAL_FISHEYE", "RADIAL_FISHEYE", "THIN_PRISM_FISHEYE")
 CONDITIONS = ("day", "night")  # a query path with such a folder is evaluated in that group
 
 
@@ -131,14 +127,15 @@ def camera_from_kapture(params: list[str], where: str) -> pycolmap.Camera | None
     if model not in CAMERA_MODELS:
         raise DatasetError(f"{where}: unknown kapture camera model {model!r} (expected one of "
                            f"{', '.join(CAMERA_MODELS)} or {UNKNOWN_CAMERA})")
-    expected = CAMERA_MODELS[model]
+    colmap_model = camera_model(model, where)
+    expected = camera_num_params(colmap_model)
     if len(params) != 3 + expected:
         raise DatasetError(f"{where}: camera model {model} takes width, height and {expected} parameters, "
                            f"got {len(params) - 1} values")
     width = parse_integer(params[1], where, "image width", minimum=1)
     height = parse_integer(params[2], where, "image height", minimum=1)
     values = parse_floats(params[3:], where, f"{model} parameters")
-    return pycolmap.Camera(model=model, width=width, height=height, params=values)
+    return pycolmap.Camera(model=colmap_model, width=width, height=height, params=values)
 
 
 def read_sensors(path: Path) -> dict[str, pycolmap.Camera | None]:
@@ -343,136 +340,6 @@ class KaptureDataset:
         return truth
 
 
-class KaptureScene(AachenScene):
-    """localize's Aachen chain on a kapture dataset: D2 points triangulated in the mapping poses,
-    database pairs from the poses; ground truth from the query trajectories when present."""
-
-    def __init__(self, dataset: KaptureDataset, preset: DatasetPreset):
-        super().__init__(dataset, preset)  # type: ignore[arg-type]  (duck-typed: same fields as AachenDataset)
-        self.source_of_3d = "D2 points triangulated in the mapping poses"
-        self.ground_truth = dataset.ground_truth() or None
-        self.ground_truth_file = dataset.query.trajectories_file
-
-    def observations(self) -> None:
-        """No SIFT model to read: covisibility falls back to the mapping poses."""
-        return None
-
-    def dataset_files(self) -> list[Path]:
-        return self.dataset.dataset_files()
-
-    def evaluation_groups(self, retrieval: dict[str, list[str]]) -> dict[str, str]:
-        return {q.basename: q.condition for q in self.dataset.queries if q.condition in CONDITIONS}
-
-
-def missing_dataset_hint(root: Path) -> str:
-    """Where kapture datasets come from, and how to make the synthetic one (localize's message)."""
-    synthetic = Path("datasets") / "synthetic_kapture"
-    return (f"put a kapture localization dataset in {root} ({MAPPING_DIR}/ and {QUERY_DIR}/ kapture folders, "
-            f"e.g. from kapture's kapture_download_dataset.py), or try the synthetic look-alike: "
-            f"python -m d2_sfm.datasets.kapture_dataset --output {synthetic} && "
-            f"python -m d2_sfm.localize --dataset kapture --root {synthetic}")
-
-
-# ----------------------------------------------------------------------------------------------
-# Writing: the synthetic Aachen look-alike converted into a kapture localization dataset
-
-
-def kapture_table(header: str, rows: list[list[str]]) -> str:
-    """kapture's CSV text: version line, column line, `, `-joined rows."""
-    return "".join(f"{line}\n" for line in [KAPTURE_HEADER, header] + [", ".join(row) for row in rows])
-
-
-def camera_row(sensor_id: str, camera: pycolmap.Camera) -> list[str]:
-    return [sensor_id, "", "camera", camera.model.name, str(camera.width), str(camera.height),
-            *(num(p) for p in camera.params)]
-
-
-def pose_row(timestamp: int, sensor_id: str, pose: pycolmap.Rigid3d) -> list[str]:
-    q, t = qt_from_rigid(pose)
-    return [str(timestamp), sensor_id, *map(num, q), *map(num, t)]
-
-
-def write_kapture_folder(folder: Path, images: list[tuple[str, Path, pycolmap.Camera, pycolmap.Rigid3d | None]]
-                         ) -> None:
-    """A kapture folder: one camera sensor per distinct intrinsics, one record per image (copied
-    into records_data), and the poses given. `images`: (record path, source file, camera, pose)."""
-    sensors: dict[str, str] = {}  # camera fields -> sensor id
-    sensor_rows, record_rows, pose_rows = [], [], []
-    for timestamp, (path, source, camera, pose) in enumerate(images):
-        key = " ".join(camera_row("", camera))
-        if key not in sensors:
-            sensors[key] = f"cam{len(sensors):03d}"
-            sensor_rows.append(camera_row(sensors[key], camera))
-        sensor_id = sensors[key]
-        record_rows.append([str(timestamp), sensor_id, path])
-        if pose is not None:
-            pose_rows.append(pose_row(timestamp, sensor_id, pose))
-        target = folder / RECORDS_DIR / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
-    (folder / "sensors").mkdir(parents=True, exist_ok=True)
-    (folder / SENSORS_FILE).write_text(kapture_table("# sensor_id, name, sensor_type, [sensor_params]+",
-                                                     sensor_rows))
-    (folder / RECORDS_FILE).write_text(kapture_table("# timestamp, device_id, image_path", record_rows))
-    if pose_rows:
-        (folder / TRAJECTORIES_FILE).write_text(kapture_table("# timestamp, device_id, qw, qx, qy, qz, tx, ty, tz",
-                                                              pose_rows))
-
-
-def kapture_names_of_synthetic(src_root: Path) -> dict[str, str]:
-    """{Aachen name (relative to images_upright): kapture name (relative to the kapture root)}:
-    to translate the synthetic dataset's pairs files (`pairs/*.txt`) for the kapture copy."""
-    dataset = AachenDataset.from_root(src_root, synthetic_version(src_root), check_images=False)
-    names = {im.name: f"{MAPPING_DIR}/{RECORDS_DIR}/{im.name}" for im in dataset.database}
-    names.update({q.name: f"{QUERY_DIR}/{RECORDS_DIR}/{q.name}" for q in dataset.queries})
-    return names
-
-
-def synthetic_version(src_root: Path) -> str:
-    return "v1_1" if (Path(src_root) / MODEL_V1_1_DIR).is_dir() else "v1_0"
-
-
-def translate_pairs(src_pairs: Path, dst_pairs: Path, names: dict[str, str]) -> Path:
-    """A pairs file of the synthetic Aachen dataset rewritten with kapture names."""
-    unknown = sorted({name for pair in read_pairs(src_pairs) for name in pair if name not in names})
-    if unknown:
-        raise DatasetError(f"{src_pairs}: {len(unknown)} names are not images of the dataset, e.g. {unknown[0]!r}")
-    lines = [f"{names[a]} {names[b]}" for a, b in read_pairs(src_pairs)]
-    Path(dst_pairs).parent.mkdir(parents=True, exist_ok=True)
-    Path(dst_pairs).write_text("\n".join(lines) + "\n")
-    return Path(dst_pairs)
-
-
-def write_kapture_from_synthetic(src_root: Path, dst_root: Path) -> Path:
-    """Convert a synthetic Aachen dataset (d2_sfm.datasets.synthetic, v1.0 or v1.1 layout) into a
-    kapture localization dataset at `dst_root` (created; must not exist or be empty): mapping/
-    with the database poses, query/ with the query intrinsics and, from ground_truth/queries.txt,
-    the query poses in query/sensors/trajectories.txt. The source is only read. Written into a
-    temporary folder beside `dst_root` and renamed, so a failure leaves no half dataset."""
-    src_root, dst_root = Path(src_root), Path(dst_root)
-    dataset = AachenDataset.from_root(src_root, synthetic_version(src_root))
-    truth_file = src_root / "ground_truth" / "queries.txt"
-    truth = read_poses(truth_file) if truth_file.is_file() else {}
-    if dst_root.exists() and (not dst_root.is_dir() or any(dst_root.iterdir())):
-        raise DatasetError(f"{dst_root}: exists and is not an empty folder (choose a new output folder)")
-    dst_root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dst_root.name}.", dir=dst_root.parent))
-    try:
-        write_kapture_folder(staging / MAPPING_DIR, [(im.name, dataset.image_dir / im.name, im.camera,
-                                                      im.cam_from_world) for im in dataset.database])
-        write_kapture_folder(staging / QUERY_DIR, [(q.name, dataset.image_dir / q.name, q.camera,
-                                                    truth.get(q.basename)) for q in dataset.queries])
-        if dst_root.exists():
-            dst_root.rmdir()  # empty, checked above
-        os.replace(staging, dst_root)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    logger.info("Wrote a kapture localization dataset (%d mapping images, %d queries, %d query poses) to %s",
-                len(dataset.database), len(dataset.queries), len(truth), dst_root)
-    return dst_root
-
-
 # ----------------------------------------------------------------------------------------------
 # CLI
 
@@ -493,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cli(argv: list[str] | None = None) -> int:
+    from .kapture_writer import write_kapture_from_synthetic  # the writer builds on this reader
+
     args = build_parser().parse_args(argv)
     if args.source is not None:
         write_kapture_from_synthetic(args.source, args.output)

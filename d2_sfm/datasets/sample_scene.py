@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..atomic import write_text
 from ..colmap import pycolmap
 from . import DatasetError
 from .formats import data_lines, num, parse_floats, qt_from_rigid, rigid_from_matrix, rigid_from_qt
@@ -102,7 +103,7 @@ def write_sample_scene(root: Path = SAMPLE_SCENE_DIR, num_views: int = 12, size:
     for stale in image_dir.glob("view_*.jpg"):  # from an earlier scene with more views
         if stale.name not in written:
             stale.unlink()
-    (root / GROUND_TRUTH_FILE).write_text("".join(lines))
+    write_text(root / GROUND_TRUTH_FILE, "".join(lines))
     logger.info("Wrote the sample scene (%d views, %dx%d) to %s", num_views, *size, root)
     return root
 

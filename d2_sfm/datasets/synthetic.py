@@ -30,160 +30,26 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ..colmap import pycolmap
 from . import DatasetError
-from .aachen import (DATABASE_FILE, DB_INTRINSICS_FILE, IMAGE_DIR, MODEL_V1_1_DIR, NVM_FILE,
-                     QUERY_LIST_FILES)
-from .formats import (NvmCamera, NvmModel, NvmPoints, colmap_to_nvm_xy, rigid_from_matrix,
-                      write_intrinsics_list, write_nvm, write_pairs, write_poses)
-from .inloc import (ALIGNMENT_DIR, QUERY_DIR, cutout_name, inloc_query_focal, write_query_floors,
-                    write_transformation, write_xyzcut)
-from .render import PinholeCamera, Rendering, apply_night, camera_center, look_at, project, render
-from .scenes import Site, room_site, street_site
+from .aachen import DATABASE_FILE, DB_INTRINSICS_FILE, IMAGE_DIR, MODEL_V1_1_DIR, NVM_FILE, QUERY_LIST_FILES
+from .formats import (NvmCamera, NvmModel, NvmPoints, colmap_to_nvm_xy, rigid_from_matrix, write_intrinsics_list,
+                      write_nvm, write_pairs)
+from .render import PinholeCamera, apply_night, camera_center, look_at, project, render
+from .scenes import Site, street_site
+from .synthetic_inloc import CUTOUT_YAWS, write_inloc
+from .synthetic_views import (IMAGE_SIZE, NUM_RETRIEVED, View, colmap_camera, prepare_output, retrieval_pairs,
+                              sample_query, sparse_points, write_ground_truth, write_jpeg)
 
 logger = logging.getLogger(__name__)
 
 LAYOUTS = ("aachen", "aachen_v1_1", "inloc")
 DEFAULT_NUM_DB = {"aachen": 24, "aachen_v1_1": 24, "inloc": 24}
 DEFAULT_NUM_QUERIES = {"aachen": 12, "aachen_v1_1": 12, "inloc": 8}
-IMAGE_SIZE = (640, 480)
-JPEG_QUALITY = 92
-NUM_RETRIEVED = 10
-CUTOUT_HFOV_DEG = 60.0
-CUTOUT_YAWS = (0, 60, 120, 180, 240, 300)
-SYNTHETIC_FLOORS = {"DUC1": (0.0, 24), "DUC2": (4.0, 110)}  # floor height z0, first scan id
-OWNED_ENTRIES = ("images_upright", "3D-models", "queries", DATABASE_FILE, "query", "database",
-                 "ground_truth", "pairs")
-
-
-@dataclass(frozen=True, eq=False)
-class View:
-    """A rendered image: its dataset name, intrinsics, pose (3, 4) and rendering."""
-
-    name: str
-    camera: PinholeCamera
-    cam_from_world: np.ndarray
-    rendering: Rendering
-
-
-def colmap_camera(camera: PinholeCamera, model: str) -> pycolmap.Camera:
-    """SIMPLE_RADIAL (k = 0), SIMPLE_PINHOLE or PINHOLE camera of a square-pixel PinholeCamera."""
-    params = {"SIMPLE_RADIAL": [camera.fx, camera.cx, camera.cy, 0.0],
-              "SIMPLE_PINHOLE": [camera.fx, camera.cx, camera.cy],
-              "PINHOLE": [camera.fx, camera.fy, camera.cx, camera.cy]}[model]
-    return pycolmap.Camera(model=model, width=camera.width, height=camera.height, params=params)
-
-
-def write_jpeg(path: Path, rgb: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
-        raise DatasetError(f"{path}: could not write the image")
-
-
-def visible(points: np.ndarray, view: View) -> np.ndarray:
-    """(N,) bool: the points project inside `view` and are not occluded (depth test)."""
-    uv, z = project(points, view.camera, view.cam_from_world)
-    h, w = view.rendering.depth.shape
-    with np.errstate(invalid="ignore"):
-        inside = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
-    result = np.zeros(len(points), bool)
-    cols, rows = uv[inside, 0].astype(int), uv[inside, 1].astype(int)
-    surface = view.rendering.depth[rows, cols]
-    with np.errstate(invalid="ignore"):
-        result[inside] = np.abs(surface - z[inside]) < 0.02 * z[inside] + 0.03
-    return result
-
-
-def surface_samples(rendering: Rendering, count: int, rng: np.random.Generator) -> np.ndarray:
-    """Up to `count` distinct world points (N, 3) seen at random valid pixels."""
-    valid = np.flatnonzero(rendering.valid.ravel())
-    chosen = rng.choice(valid, size=min(count, len(valid)), replace=False)
-    return rendering.xyz.reshape(-1, 3)[chosen].astype(np.float64)
-
-
-def matchable(points: np.ndarray, query: View, view: View, max_scale: float = 1.6,
-              max_angle_deg: float = 40.0) -> np.ndarray:
-    """(N,) bool: points of `query` that `view` sees at a similar scale (distance ratio below
-    `max_scale`) and from a similar direction (rays within `max_angle_deg`): what a local feature
-    without full scale / affine invariance can match."""
-    rays_q = camera_center(query.cam_from_world) - points
-    rays_v = camera_center(view.cam_from_world) - points
-    dist_q, dist_v = np.linalg.norm(rays_q, axis=1), np.linalg.norm(rays_v, axis=1)
-    cos = np.sum(rays_q * rays_v, axis=1) / (dist_q * dist_v)
-    ratio = np.maximum(dist_q / dist_v, dist_v / dist_q)
-    return visible(points, view) & (ratio < max_scale) & (cos > np.cos(np.deg2rad(max_angle_deg)))
-
-
-def covisibility(query: View, database: list[View], rng: np.random.Generator, samples: int = 400) -> np.ndarray:
-    """Fraction of the query's visible surface that each database view sees in a matchable way
-    (see `matchable`), (num_db,)."""
-    points = surface_samples(query.rendering, samples, rng)
-    if len(points) == 0:
-        return np.zeros(len(database))
-    return np.array([matchable(points, query, view).mean() for view in database])
-
-
-def is_well_covered(scores: np.ndarray) -> bool:
-    """A query worth localising: one database image matchably sees 35 % of it, another 20 %."""
-    ordered = np.sort(scores)[::-1]
-    return len(ordered) >= 2 and ordered[0] >= 0.35 and ordered[1] >= 0.2
-
-
-def retrieval_pairs(queries: list[tuple[str, np.ndarray]], db_names: list[str], k: int) -> list[tuple[str, str]]:
-    """For each (query name, covisibility scores): the k best database images with score > 0."""
-    pairs = []
-    for name, scores in queries:
-        order = np.argsort(-scores, kind="stable")[:k]
-        pairs += [(name, db_names[j]) for j in order if scores[j] > 0]
-    return pairs
-
-
-def sparse_points(views: list[View], rng: np.random.Generator, per_view: int = 150
-                  ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Surface points seen by >= 2 views: xyz (N, 3), rgb (N, 3) uint8, and per view the
-    (N,) visibility masks."""
-    xyz = np.concatenate([surface_samples(v.rendering, per_view, rng) for v in views])
-    masks = [visible(xyz, view) for view in views]
-    keep = np.sum(masks, axis=0) >= 2
-    xyz, masks = xyz[keep], [m[keep] for m in masks]
-    rgb = np.zeros((len(xyz), 3), np.uint8)
-    for view, mask in zip(views, masks):
-        uv, _ = project(xyz[mask], view.camera, view.cam_from_world)
-        rgb[mask] = view.rendering.image[uv[:, 1].astype(int), uv[:, 0].astype(int)]
-    return xyz, rgb, masks
-
-
-def write_ground_truth(output: Path, queries: list[tuple[View, pycolmap.Camera]],
-                       database: list[tuple[View, pycolmap.Camera]]) -> None:
-    gt = output / "ground_truth"
-    write_poses(gt / "queries.txt", {v.name.rsplit("/", 1)[-1]: rigid_from_matrix(v.cam_from_world)
-                                     for v, _ in queries})
-    write_intrinsics_list(gt / "query_intrinsics.txt", {v.name: cam for v, cam in queries})
-    write_poses(gt / "database.txt", {v.name: rigid_from_matrix(v.cam_from_world) for v, _ in database})
-    write_intrinsics_list(gt / "database_intrinsics.txt", {v.name: cam for v, cam in database})
-
-
-def prepare_output(output: Path, overwrite: bool) -> Path:
-    output = Path(output)
-    if output.exists() and any(output.iterdir()):
-        if not overwrite:
-            raise DatasetError(f"{output}: folder is not empty (pass --overwrite to replace the dataset in it)")
-        for entry in OWNED_ENTRIES:
-            path = output / entry
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-    output.mkdir(parents=True, exist_ok=True)
-    return output
 
 
 # ----------------------------------------------------------------------------------------------
@@ -230,18 +96,6 @@ def aachen_database(site: Site, num_db: int, rng: np.random.Generator, image_siz
                       colmap_camera(camera, "SIMPLE_RADIAL")))
     return views
 
-
-def sample_query(site: Site, name: str, camera: PinholeCamera, database: list[View], rng: np.random.Generator,
-                 make_pose: Callable[[], np.ndarray], max_tries: int = 200) -> tuple[View, np.ndarray]:
-    """A query view whose surface is well covered by the database (rejection sampling);
-    returns it with its covisibility scores."""
-    for _ in range(max_tries):
-        pose = make_pose()
-        view = View(name, camera, pose, render(site.scene, camera, pose))
-        scores = covisibility(view, database, rng)
-        if is_well_covered(scores):
-            return view, scores
-    raise RuntimeError(f"no well-covered pose found for {name} after {max_tries} tries")
 
 
 def street_query_pose(site: Site, database: list[View], rng: np.random.Generator) -> np.ndarray:
@@ -330,7 +184,7 @@ def write_aachen_v1_0_models(output: Path, database: list[tuple[View, pycolmap.C
     write_intrinsics_list(output / DB_INTRINSICS_FILE, {view.name: cam for view, cam in database})
     with pycolmap.Database.open(str(output / DATABASE_FILE)) as db:
         for i, (view, camera) in enumerate(database, start=1):
-            camera = pycolmap.Camera(model=camera.model.name, width=camera.width, height=camera.height,
+            camera = pycolmap.Camera(model=camera.model, width=camera.width, height=camera.height,
                                      params=camera.params, camera_id=i)
             db.write_camera(camera, use_camera_id=True)
             db.write_image(pycolmap.Image(name=view.name, camera_id=i, image_id=i), use_image_id=True)
@@ -343,7 +197,7 @@ def write_aachen_v1_1_model(model_dir: Path, database: list[tuple[View, pycolmap
     model = pycolmap.Reconstruction()
     point2d_index: dict[int, list[tuple[int, int]]] = {}
     for i, ((view, camera), mask) in enumerate(zip(database, masks), start=1):
-        model.add_camera_with_trivial_rig(pycolmap.Camera(model=camera.model.name, width=camera.width,
+        model.add_camera_with_trivial_rig(pycolmap.Camera(model=camera.model, width=camera.width,
                                                           height=camera.height, params=camera.params, camera_id=i))
         ids, uv = observations(view, xyz, mask)
         image = pycolmap.Image(name=view.name, camera_id=i, image_id=i,
@@ -360,117 +214,6 @@ def write_aachen_v1_1_model(model_dir: Path, database: list[tuple[View, pycolmap
     model.write(str(model_dir))
     for extra in ("rigs.bin", "frames.bin"):  # not in the real (legacy) Aachen v1.1 model
         (model_dir / extra).unlink(missing_ok=True)
-
-
-# ----------------------------------------------------------------------------------------------
-# InLoc
-
-
-def rotation_z(angle_deg: float) -> np.ndarray:
-    c, s = np.cos(np.deg2rad(angle_deg)), np.sin(np.deg2rad(angle_deg))
-    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
-
-
-def perturbed(world_from_scan: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A slightly different alignment (stands in for the pre-GICP estimate)."""
-    result = world_from_scan.copy()
-    result[:3, :3] = rotation_z(rng.uniform(-1, 1)) @ result[:3, :3]
-    result[:3, 3] += rng.uniform(-0.05, 0.05, 3)
-    return result
-
-
-def scan_poses(site: Site, count: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """world_from_scan (4, 4) of `count` scanner stations >= 3 m apart, 1.5 m above the floor."""
-    poses: list[np.ndarray] = []
-    while len(poses) < count:
-        xy = site.sample_free_xy(rng, margin=1.2)
-        if all(np.linalg.norm(xy - p[:2, 3]) >= 3.0 for p in poses) or rng.random() < 0.02:
-            pose = np.eye(4)
-            pose[:3, :3] = rotation_z(rng.uniform(0, 360))
-            pose[:3, 3] = [xy[0], xy[1], site.floor_z + 1.5]
-            poses.append(pose)
-    return poses
-
-
-def cutout_pose(world_from_scan: np.ndarray, yaw_deg: float, pitch_deg: float) -> np.ndarray:
-    """cam_from_world of a cutout: the scan frame's yaw (about its z) and pitch (up positive)."""
-    yaw, pitch = np.deg2rad(yaw_deg), np.deg2rad(pitch_deg)
-    direction = np.array([np.cos(pitch) * np.cos(yaw), np.cos(pitch) * np.sin(yaw), np.sin(pitch)])
-    cam_from_scan = np.vstack([look_at(np.zeros(3), direction), [0, 0, 0, 1]])
-    return (cam_from_scan @ np.linalg.inv(world_from_scan))[:3]
-
-
-def xyzcut(view: View, site: Site, world_from_scan: np.ndarray) -> np.ndarray:
-    """XYZcut (H, W, 3) float64 in the scan frame, NaN where no scannable surface; values rounded
-    to float32 precision (about a micrometre here) so that the .mat compresses 7x."""
-    xyz = view.rendering.xyz.astype(np.float64)
-    unscannable = [k for k, quad in enumerate(site.scene.quads) if not quad.scannable]
-    xyz[np.isin(view.rendering.quad_index, unscannable) | ~view.rendering.valid] = np.nan
-    scan_from_world = np.linalg.inv(world_from_scan)
-    local = xyz @ scan_from_world[:3, :3].T + scan_from_world[:3, 3]
-    return local.astype(np.float32).astype(np.float64)
-
-
-def inloc_pose(site: Site, rng: np.random.Generator) -> np.ndarray:
-    """A hand-held query pose: 1.2-1.7 m above the floor, any heading, small pitch and roll."""
-    xy = site.sample_free_xy(rng, margin=0.9)
-    center = np.array([xy[0], xy[1], site.floor_z + rng.uniform(1.2, 1.7)])
-    heading, pitch = np.deg2rad(rng.uniform(0, 360)), np.deg2rad(rng.uniform(-8, 8))
-    direction = np.array([np.cos(pitch) * np.cos(heading), np.cos(pitch) * np.sin(heading), np.sin(pitch)])
-    return look_at(center, center + direction, roll_deg=rng.uniform(-3, 3))
-
-
-def inloc_database(output: Path, rng: np.random.Generator, num_db: int, image_size: tuple[int, int]
-                   ) -> tuple[dict[str, Site], list[tuple[View, pycolmap.Camera]], list[str]]:
-    """Build both floors, write their scans (alignment files) and cutouts (JPEG + XYZcut).
-    `num_db` is rounded up to whole scans of len(CUTOUT_YAWS) cutouts, equally many per floor.
-    Returns the sites, the cutouts with their cameras, and the floor of each cutout."""
-    scans_per_floor = max(1, -(-num_db // (len(SYNTHETIC_FLOORS) * len(CUTOUT_YAWS))))
-    camera = PinholeCamera.from_hfov(*image_size, CUTOUT_HFOV_DEG)
-    sites, database, floor_of_db = {}, [], []
-    for floor, (z0, first_scan) in SYNTHETIC_FLOORS.items():
-        sites[floor] = site = room_site(rng, z0=z0)
-        for s, world_from_scan in enumerate(scan_poses(site, scans_per_floor, rng)):
-            scan_id = f"{first_scan + s:03d}"
-            write_transformation(output / ALIGNMENT_DIR / floor / "transformations" / f"DUC_trans_{scan_id}.txt",
-                                 world_from_scan, perturbed(world_from_scan, rng))
-            for yaw in CUTOUT_YAWS:
-                pose = cutout_pose(world_from_scan, yaw, 0)
-                view = View(cutout_name(floor, scan_id, "DUC", yaw, 0), camera, pose, render(site.scene, camera, pose))
-                write_jpeg(output / view.name, view.rendering.image)
-                write_xyzcut(output / (view.name + ".mat"), xyzcut(view, site, world_from_scan))
-                database.append((view, colmap_camera(camera, "PINHOLE")))
-                floor_of_db.append(floor)
-    return sites, database, floor_of_db
-
-
-def write_inloc(output: Path, seed: int, num_db: int, num_queries: int,
-                image_size: tuple[int, int] = IMAGE_SIZE) -> Path:
-    rng = np.random.default_rng(seed)
-    sites, database, floor_of_db = inloc_database(output, rng, num_db, image_size)
-    focal = inloc_query_focal(*image_size)
-    camera = PinholeCamera(*image_size, focal, focal, image_size[0] / 2, image_size[1] / 2)
-    queries, scores, floors = [], [], {}
-    for i in range(num_queries):
-        floor = list(SYNTHETIC_FLOORS)[i % len(SYNTHETIC_FLOORS)]
-        on_floor = [j for j, f in enumerate(floor_of_db) if f == floor]
-        name = f"{QUERY_DIR}/IMG_{i + 1:04d}.JPG"
-        view, score = sample_query(sites[floor], name, camera, [database[j][0] for j in on_floor], rng,
-                                   lambda: inloc_pose(sites[floor], rng))
-        write_jpeg(output / name, view.rendering.image)
-        queries.append((view, colmap_camera(camera, "SIMPLE_PINHOLE")))
-        full_score = np.zeros(len(database))  # 0 for the other floor
-        full_score[on_floor] = score
-        scores.append((name, full_score))
-        floors[name.rsplit("/", 1)[-1]] = floor
-    write_ground_truth(output, queries, database)
-    write_query_floors(output / "ground_truth" / "query_floors.txt", floors)
-    k = min(NUM_RETRIEVED, len(database))
-    write_pairs(output / "pairs" / f"pairs-query-gt-covis{k}.txt",
-                retrieval_pairs(scores, [v.name for v, _ in database], k))
-    logger.info("Wrote synthetic InLoc (%d cutouts, %d queries) to %s", len(database), num_queries, output)
-    return output
-
 
 # ----------------------------------------------------------------------------------------------
 # entry points

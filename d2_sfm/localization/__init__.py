@@ -1,8 +1,16 @@
 """Visual localization steps used by `python -m d2_sfm.localize` (Aachen Day-Night, InLoc).
 
-Modules (each a step with a `main()`, imported on demand):
+The chain of `python -m d2_sfm.localize`, imported on demand:
+- `config`: dataset presets, the run's settings and files (no torch, no pycolmap: instant start);
+- `scenes`: the datasets as the chain sees them (Aachen / kapture: a triangulated model; InLoc:
+  cutout scans), `open_scene`;
+- `retrieval`: the first K of a pairs file, or GeM global-descriptor retrieval;
+- `chain`: the five steps on validated inputs; `results`: the results file and summary.json.
+
+Steps (each with a `main()`):
 - `estimation`: the absolute-pose estimator (pycolmap LO-RANSAC + refinement, known intrinsics),
-  per-query results, the results file and `summary.json`. Shared by both dataset families.
+  per-query results and their resumable log; the per-query work split into reading (this
+  process) and estimating (this process or Ray workers). Shared by both dataset families.
 - `covisibility`: database pairs from a reference model (shared 3D points, or camera poses when
   the model has no points), for triangulation.
 - `model`: a triangulated model as the pose step reads it (3D point of each keypoint) and
@@ -19,3 +27,13 @@ D2-Net / hloc (integer = pixel centre); pycolmap cameras follow COLMAP (the cent
 pixel is (0.5, 0.5)), so 2D points get +0.5 before pose estimation, for every dataset.
 Poses are `cam_from_world` (world -> camera) everywhere.
 """
+from __future__ import annotations
+
+from ..errors import D2SfmError
+
+
+class LocalizationError(D2SfmError, ValueError):
+    """Inputs of the localization steps that cannot be used; the message names the file."""
+
+
+__all__ = ["LocalizationError"]

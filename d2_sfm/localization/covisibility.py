@@ -10,64 +10,20 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse
 
 from ..colmap import pycolmap
 from ..cli import run_cli
 from ..datasets.formats import write_pairs
-from .estimation import LocalizationError
+from ..pair_selection import Observations, covisibility_pairs
+from . import LocalizationError
 from .model import load_model
 
 logger = logging.getLogger(__name__)
 
 MAX_VIEW_ANGLE_DEG = 60.0  # pose fallback: pair only cameras whose optical axes differ by less
-
-
-@dataclass(frozen=True, eq=False)
-class Observations:
-    """Which image sees which 3D point: M observations as two aligned index arrays."""
-
-    image_names: list[str]
-    image_index: np.ndarray  # (M,) int, index into image_names
-    point_index: np.ndarray  # (M,) int, any point numbering
-
-    @classmethod
-    def from_reconstruction(cls, reconstruction: pycolmap.Reconstruction) -> "Observations":
-        ids = sorted(reconstruction.reg_image_ids())
-        position = {image_id: i for i, image_id in enumerate(ids)}
-        images, points = [], []
-        for point3D_id, point in reconstruction.points3D.items():
-            for element in point.track.elements:
-                if element.image_id in position:
-                    images.append(position[element.image_id])
-                    points.append(point3D_id)
-        return cls([reconstruction.image(i).name for i in ids], np.array(images, np.int64),
-                   np.array(points, np.int64))
-
-    def __len__(self) -> int:
-        return len(self.image_index)
-
-
-def covisibility_pairs(observations: Observations, num_matched: int) -> list[tuple[str, str]]:
-    """(name, name) pairs: each image with the `num_matched` images sharing most 3D points
-    (ties: the earlier image first), like hloc `pairs_from_covisibility`."""
-    _, points = np.unique(observations.point_index, return_inverse=True)
-    num_images = len(observations.image_names)
-    seen = scipy.sparse.csr_matrix(
-        (np.ones(len(points), np.float32), (observations.image_index, points.ravel())),
-        shape=(num_images, points.max() + 1 if len(points) else 0))
-    seen.data[:] = 1  # an image observing a point twice counts once
-    shared = (seen @ seen.T).toarray()
-    np.fill_diagonal(shared, 0)
-    pairs = []
-    for i, name in enumerate(observations.image_names):
-        order = np.lexsort((np.arange(num_images), -shared[i]))[:num_matched]
-        pairs.extend((name, observations.image_names[j]) for j in order if shared[i, j] > 0)
-    return pairs
 
 
 def pose_neighbour_pairs(reconstruction: pycolmap.Reconstruction, num_matched: int,

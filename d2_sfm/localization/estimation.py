@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
@@ -23,13 +23,9 @@ from tqdm import tqdm
 from ..atomic import write_text
 from ..colmap import pycolmap
 from ..datasets.formats import qt_from_rigid, rigid_from_qt
-from ..errors import D2SfmError
+from ..executors import ExecutorConfig, map_unordered
 
 logger = logging.getLogger(__name__)
-
-
-class LocalizationError(D2SfmError, ValueError):
-    """Inputs of the localization steps that cannot be used; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -208,24 +204,71 @@ class QueryLog:
             f.write(self._line(result) + "\n")
 
 
+@dataclass
+class PoseCandidate:
+    """One pose to estimate for a query: its 2D-3D matches (from some of its retrieved images) and
+    the result so far (counts, images used; `failure` set when there is nothing to estimate)."""
+
+    result: QueryResult
+    points2D: np.ndarray  # (M, 2) COLMAP pixels
+    points3D: np.ndarray  # (M, 3) world
+    no_pose: str = ""  # the failure when RANSAC finds no pose
+
+
+@dataclass
+class QueryProblem:
+    """Everything the pose of one query needs, read on the driver: estimated wherever it is sent
+    (this process or a Ray worker), without files."""
+
+    camera: pycolmap.Camera
+    config: PoseEstimationConfig
+    candidates: list[PoseCandidate]  # the best (most inliers, first on ties) is the answer
+    num_retrieved: int
+    read_seconds: float = 0.0  # spent reading the correspondences
+
+
+def solve_query(problem: QueryProblem) -> QueryResult:
+    """The pose of each candidate (LO-RANSAC + refinement) and the best of them."""
+    start = time.time()
+    best = None
+    for candidate in problem.candidates:
+        result = candidate.result
+        if result.failure is None:
+            estimate = estimate_pose(candidate.points2D, candidate.points3D, problem.camera, problem.config)
+            if estimate is None:
+                result.failure = candidate.no_pose
+            else:
+                result.cam_from_world = estimate.cam_from_world
+                result.num_inliers = estimate.num_inliers
+        if best is None or result.num_inliers > best.num_inliers:
+            best = result
+    best.num_retrieved = problem.num_retrieved
+    best.seconds = problem.read_seconds + time.time() - start
+    return best
+
+
 class QueryLocalizer(Protocol):
-    def localize(self, name: str, camera: pycolmap.Camera, retrieved: list[str]) -> QueryResult: ...
+    def problem(self, name: str, camera: pycolmap.Camera, retrieved: list[str]) -> QueryProblem: ...
 
 
 def localize_queries(localizer: QueryLocalizer, queries: dict[str, pycolmap.Camera],
-                     retrieval: dict[str, list[str]], log: QueryLog | None = None) -> list[QueryResult]:
+                     retrieval: dict[str, list[str]], log: QueryLog | None = None,
+                     executor: ExecutorConfig | None = None) -> list[QueryResult]:
     """Localize every query (name -> camera) against its retrieved images; queries already in
-    `log` are not estimated again and new results are appended to it (resumable)."""
-    done = log.done if log else {}
-    results = []
-    for name in tqdm(list(queries), desc="localize", unit="query"):
-        if name in done:
-            results.append(done[name])
-            continue
-        result = localizer.localize(name, queries[name], retrieval.get(name, []))
-        if not retrieval.get(name):
+    `log` are not estimated again and new results are appended to it (resumable).
+
+    The correspondences are read here, one query at a time; the poses are estimated by `executor`
+    (default: this process, in order; Ray: in parallel, logged as they finish). The results come
+    back in the order of `queries` either way."""
+    done = dict(log.done) if log else {}
+    todo = [name for name in queries if name not in done]
+    problems = (localizer.problem(name, queries[name], retrieval.get(name, [])) for name in todo)
+    executor = replace(executor or ExecutorConfig(), ray_gpus_per_task=0.0)  # RANSAC needs no GPU
+    for result in tqdm(map_unordered(executor, solve_query, problems), total=len(todo), desc="localize",
+                       unit="query"):
+        if not retrieval.get(result.name):
             result.failure = "no retrieved database image"
         if log:
             log.add(result)
-        results.append(result)
-    return results
+        done[result.name] = result
+    return [done[name] for name in queries]

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..colmap import pycolmap
 from ..colmap_model import read_model
-from .estimation import LocalizationError
+from . import LocalizationError
 
 
 def load_model(reference: Path | pycolmap.Reconstruction) -> pycolmap.Reconstruction:

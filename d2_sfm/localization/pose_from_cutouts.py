@@ -19,13 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import h5py
 import numpy as np
 
 from ..colmap import pycolmap
-from ..h5io import H5FormatError
-from ..h5io import read_keypoints, read_matches
-from .estimation import (PoseEstimationConfig, QueryLog, QueryResult, colmap_points, estimate_pose,
+from ..executors import ExecutorConfig
+from ..h5io import H5File, open_h5, read_image_size, read_keypoints, read_matches
+from .estimation import (PoseCandidate, PoseEstimationConfig, QueryLog, QueryProblem, QueryResult, colmap_points,
                          localize_queries)
 
 logger = logging.getLogger(__name__)
@@ -70,7 +69,7 @@ def sample_points(xyz: np.ndarray, keypoints: np.ndarray, image_size: tuple[int,
 
 
 class CutoutLocalizer:
-    def __init__(self, cutout_points: CutoutPoints, features: h5py.File, matches: h5py.File,
+    def __init__(self, cutout_points: CutoutPoints, features: H5File, matches: H5File,
                  config: CutoutLocalizationConfig):
         self.cutout_points = cutout_points
         self.features = features
@@ -85,11 +84,8 @@ class CutoutLocalizer:
             pairs, _ = read_matches(self.matches, query, db_name)
             if len(pairs) < self.config.min_matches:
                 continue
-            if db_name not in self.features:
-                raise H5FormatError(f"{self.features.filename} has no features for image {db_name!r}")
-            group = self.features[db_name]
-            keypoints = group["keypoints"][()]
-            image_size = tuple(int(v) for v in group["image_size"][()])
+            keypoints = read_keypoints(self.features, db_name)
+            image_size = read_image_size(self.features, db_name)
             scan = self.cutout_points(db_name)
             if scan is None:
                 self.skipped[db_name] = "unusable XYZcut (see the warning naming its file)"
@@ -104,7 +100,8 @@ class CutoutLocalizer:
             return np.zeros(0, np.int64), np.zeros((0, 3)), used
         return np.concatenate(indices), np.concatenate(points), used
 
-    def localize(self, query: str, camera: pycolmap.Camera, db_names: list[str]) -> QueryResult:
+    def problem(self, query: str, camera: pycolmap.Camera, db_names: list[str]) -> QueryProblem:
+        """The 2D-3D matches of the query through the XYZcut of its retrieved cutouts."""
         start = time.time()
         keypoints = read_keypoints(self.features, query)
         self.skipped = {}
@@ -116,21 +113,17 @@ class CutoutLocalizer:
         elif len(kp_idx) == 0:
             result.failure = (f"no cutout has {self.config.min_matches} matches with valid 3D "
                               "(XYZcut) at the matched keypoints")
-        else:
-            estimate = estimate_pose(colmap_points(keypoints[kp_idx]), points3D, camera, self.config.estimation)
-            if estimate is None:
-                result.failure = f"no pose from {len(kp_idx)} 2D-3D matches"
-            else:
-                result.cam_from_world = estimate.cam_from_world
-                result.num_inliers = estimate.num_inliers
-        result.seconds = time.time() - start
-        return result
+        candidate = PoseCandidate(result, colmap_points(keypoints[kp_idx]), points3D,
+                                  no_pose=f"no pose from {len(kp_idx)} 2D-3D matches")
+        return QueryProblem(camera, self.config.estimation, [candidate], len(db_names), time.time() - start)
 
 
 def main(queries: dict[str, pycolmap.Camera], retrieval: dict[str, list[str]], features: Path,
          matches: Path, cutout_points: CutoutPoints,
-         config: CutoutLocalizationConfig = CutoutLocalizationConfig(), log: QueryLog | None = None
-         ) -> list[QueryResult]:
+         config: CutoutLocalizationConfig = CutoutLocalizationConfig(), log: QueryLog | None = None,
+         executor: ExecutorConfig | None = None) -> list[QueryResult]:
     """Localize every query (name -> camera) against its retrieved cutouts (resumable via `log`)."""
-    with h5py.File(features, "r") as features_file, h5py.File(matches, "r") as matches_file:
-        return localize_queries(CutoutLocalizer(cutout_points, features_file, matches_file, config), queries, retrieval, log)
+    with (open_h5(features, "features file") as features_file,
+          open_h5(matches, "matches file") as matches_file):
+        localizer = CutoutLocalizer(cutout_points, features_file, matches_file, config)
+        return localize_queries(localizer, queries, retrieval, log, executor)

@@ -17,13 +17,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from ..colmap import pycolmap
-from ..h5io import read_keypoints, read_matches
-from .estimation import (LocalizationError, PoseEstimationConfig, QueryLog, QueryResult, colmap_points,
-                         estimate_pose, localize_queries)
+from ..executors import ExecutorConfig
+from ..h5io import H5File, open_h5, read_keypoints, read_matches
+from . import LocalizationError
+from .estimation import (PoseCandidate, PoseEstimationConfig, QueryLog, QueryProblem, QueryResult, colmap_points,
+                         localize_queries)
 from .model import ModelIndex, covisibility_clusters, load_model
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class ModelLocalizationConfig:
 class ModelLocalizer:
     """Holds the model, features and matches open while localizing many queries."""
 
-    def __init__(self, reconstruction: pycolmap.Reconstruction, features: h5py.File, matches: h5py.File,
+    def __init__(self, reconstruction: pycolmap.Reconstruction, features: H5File, matches: H5File,
                  config: ModelLocalizationConfig):
         self.index = ModelIndex(reconstruction)
         self.reconstruction = reconstruction
@@ -79,23 +80,19 @@ class ModelLocalizer:
         unique = np.unique(np.concatenate(rows), axis=0)
         return unique[:, 0], unique[:, 1], used
 
-    def pose_from_db(self, query: str, camera: pycolmap.Camera, keypoints: np.ndarray,
-                     db_names: list[str]) -> tuple[QueryResult, object]:
+    def candidate(self, query: str, keypoints: np.ndarray, db_names: list[str]) -> PoseCandidate:
+        """The 2D-3D matches of the query through the model points seen by `db_names`."""
         kp_idx, point3D_ids, used = self.correspondences(query, db_names)
         result = QueryResult(query, num_correspondences=len(kp_idx), num_retrieved=len(db_names), db_used=used)
         if len(kp_idx) == 0:
             result.failure = "no match of the query reaches a 3D point of the model"
-            return result, None
+            return PoseCandidate(result, np.zeros((0, 2)), np.zeros((0, 3)))
         points3D = np.array([self.reconstruction.point3D(int(i)).xyz for i in point3D_ids])
-        estimate = estimate_pose(colmap_points(keypoints[kp_idx]), points3D, camera, self.config.estimation)
-        if estimate is None:
-            result.failure = f"no pose from {len(kp_idx)} 2D-3D matches"
-            return result, None
-        result.cam_from_world = estimate.cam_from_world
-        result.num_inliers = estimate.num_inliers
-        return result, estimate
+        return PoseCandidate(result, colmap_points(keypoints[kp_idx]), points3D,
+                             no_pose=f"no pose from {len(kp_idx)} 2D-3D matches")
 
-    def localize(self, query: str, camera: pycolmap.Camera, db_names: list[str]) -> QueryResult:
+    def problem(self, query: str, camera: pycolmap.Camera, db_names: list[str]) -> QueryProblem:
+        """One candidate for all retrieved images, or one per covisibility cluster of them."""
         start = time.time()
         keypoints = read_keypoints(self.features, query)
         groups = [db_names]
@@ -103,24 +100,20 @@ class ModelLocalizer:
             ids = [self.index.image_ids[n] for n in db_names if n in self.index.image_ids]
             groups = [[self.reconstruction.image(i).name for i in c]
                       for c in covisibility_clusters(self.index, ids)] or [db_names]
-        best = None
-        for group in groups:
-            result, _ = self.pose_from_db(query, camera, keypoints, group)
-            if best is None or result.num_inliers > best.num_inliers:
-                best = result
-        best.num_retrieved = len(db_names)
-        best.seconds = time.time() - start
-        return best
+        candidates = [self.candidate(query, keypoints, group) for group in groups]
+        return QueryProblem(camera, self.config.estimation, candidates, len(db_names), time.time() - start)
 
 
 def main(reference: Path | pycolmap.Reconstruction, queries: dict[str, pycolmap.Camera],
          retrieval: dict[str, list[str]], features: Path, matches: Path,
-         config: ModelLocalizationConfig = ModelLocalizationConfig(), log: QueryLog | None = None
-         ) -> list[QueryResult]:
+         config: ModelLocalizationConfig = ModelLocalizationConfig(), log: QueryLog | None = None,
+         executor: ExecutorConfig | None = None) -> list[QueryResult]:
     """Localize every query of `queries` (name -> camera) against its retrieved db images.
 
     Queries already in `log` are not estimated again; new results are appended to it.
     """
     reconstruction = load_model(reference)
-    with h5py.File(features, "r") as features_file, h5py.File(matches, "r") as matches_file:
-        return localize_queries(ModelLocalizer(reconstruction, features_file, matches_file, config), queries, retrieval, log)
+    with (open_h5(features, "features file") as features_file,
+          open_h5(matches, "matches file") as matches_file):
+        localizer = ModelLocalizer(reconstruction, features_file, matches_file, config)
+        return localize_queries(localizer, queries, retrieval, log, executor)

@@ -17,8 +17,9 @@ from d2_sfm.datasets import DatasetError
 from d2_sfm.datasets.aachen import DatabaseImage, reconstruction_from_images
 from d2_sfm.datasets.formats import rigid_from_qt
 from d2_sfm.datasets import kapture_dataset
-from d2_sfm.datasets.kapture_dataset import (KaptureDataset, KaptureScene, query_condition,
-                                             read_kapture_folder, write_kapture_folder)
+from d2_sfm.datasets.kapture_dataset import KaptureDataset, query_condition, read_kapture_folder
+from d2_sfm.datasets.kapture_writer import write_kapture_folder
+from d2_sfm.localization.scenes import KaptureScene
 from d2_sfm.errors import D2SfmError
 
 SIZE = (64, 48)

@@ -6,7 +6,7 @@ import pytest
 
 from d2_sfm.localization import covisibility
 from d2_sfm.localization.covisibility import Observations, covisibility_pairs, pose_neighbour_pairs
-from d2_sfm.localization.estimation import LocalizationError
+from d2_sfm.localization import LocalizationError
 from d2_sfm.localization.model import ModelIndex, covisibility_clusters, load_model
 
 from localization_scenes import camera, look_at

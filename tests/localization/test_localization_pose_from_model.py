@@ -4,7 +4,8 @@ import h5py
 import numpy as np
 import pytest
 
-from d2_sfm.localization.estimation import LocalizationError, PoseEstimationConfig
+from d2_sfm.localization import LocalizationError
+from d2_sfm.localization.estimation import PoseEstimationConfig
 from d2_sfm.localization.pose_from_model import ModelLocalizationConfig, ModelLocalizer, main
 
 from localization_scenes import camera

@@ -14,7 +14,7 @@ import pycolmap
 import pytest
 
 from d2_sfm.colmap_model import ModelError, read_model, validate_model_folder
-from d2_sfm.localization.estimation import LocalizationError
+from d2_sfm.localization import LocalizationError
 from d2_sfm.localization.model import load_model
 
 

@@ -1,0 +1,130 @@
+"""Model assessment: registrations that rest on weak evidence (weak pairs only, few 3D points) and
+intrinsics that self-calibration pushed to implausible values; either flags the model UNRELIABLE.
+D2 features on symmetric, weakly textured objects produce confident but wrong pairs and
+ill-determined poses, and these are their symptoms."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse
+from scipy.sparse.csgraph import connected_components
+
+from ..colmap import pycolmap
+from ..colmap_db import PairStats, verified_graph
+from ..colmap_readonly import read_cameras
+
+RADIAL_MODELS = ("SIMPLE_RADIAL", "RADIAL", "OPENCV", "FULL_OPENCV")  # first extra parameter is k1
+
+
+@dataclass(frozen=True)
+class ReliabilityConfig:
+    """When a registered image, or the whole model, is flagged as resting on weak evidence."""
+    strong_pair_inliers: int = 75  # images outside the largest group linked by pairs this strong are weak
+    min_image_points3D: int = 30  # and observe this many 3D points (COLMAP registers with 30 inliers)
+    max_focal_change: float = 1.5  # refined / EXIF prior focal outside [1/x, x] -> flagged
+    max_focal_change_without_prior: float = 1.6  # same against pycolmap's default 1.2 * max(W, H)
+    max_radial_distortion: float = 0.5  # |k1| above this (normalised coordinates) is implausible
+    # Stability: map again from other strong initial pairs and compare relative rotations. D2 on the
+    # temple gave 1.8-5 deg median (5-12 deg max) disagreement between such runs, kermit <= 1.2 (max 3),
+    # the sample scene < 0.1: a model that moves this much with its starting pair is not trustworthy.
+    stability_runs: int = 2  # extra mapping runs (0: off)
+    stability_max_images: int = 150  # skip the check on larger sets (it multiplies the mapping time)
+    max_stability_median_deg: float = 2.5
+    max_stability_deg: float = 6.0
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class Assessment:
+    status: str = "ok"  # ok | partial (not every image registered) | unreliable
+    warnings: list[str] = field(default_factory=list)
+    weak_images: dict[str, str] = field(default_factory=dict)  # name -> why its registration is weak
+
+
+def assess_model(reconstruction: pycolmap.Reconstruction, pair_stats: list[PairStats],
+                 camera_sources: dict[str, str], initial_cameras: dict[int, pycolmap.Camera],
+                 num_images: int, config: ReliabilityConfig) -> Assessment:
+    """Flag registrations that rest on weak evidence, and implausible focal lengths."""
+    assessment = Assessment()
+    registered = {im.name: im for im in reconstruction.images.values() if im.has_pose}
+    core = strongly_connected_core(sorted(registered), verified_graph(pair_stats),
+                                   config.strong_pair_inliers)
+    for name, image in registered.items():
+        if name not in core:
+            assessment.weak_images[name] = (f"linked to the main group of {len(core)} images only through verified "
+                                            f"pairs with fewer than {config.strong_pair_inliers} inliers"
+                                            if core else f"no verified pair with {config.strong_pair_inliers}+ "
+                                            "inliers to another registered image")
+        elif image.num_points3D < config.min_image_points3D:
+            assessment.weak_images[name] = f"observes {image.num_points3D} 3D points (< {config.min_image_points3D})"
+    for camera_id, camera in reconstruction.cameras.items():
+        names = sorted(n for n, im in registered.items() if im.camera_id == camera_id)
+        if names:
+            assessment.warnings += camera_warnings(camera, initial_cameras.get(camera_id),
+                                                   camera_sources.get(names[0], "default"), names, config)
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in sorted(assessment.weak_images.items()):
+        by_reason.setdefault(reason, []).append(name)
+    for reason, names in by_reason.items():
+        assessment.warnings.append(f"{len(names)} registered image(s) rest on weak evidence ({reason}): "
+                                   + ", ".join(names))
+    if assessment.warnings:
+        assessment.status = "unreliable"
+    elif len(registered) < num_images:
+        assessment.status = "partial"
+    return assessment
+
+
+def strongly_connected_core(names: list[str], graph: dict[str, dict[str, int]], min_inliers: int) -> set[str]:
+    """Largest group of `names` connected by pairs with at least `min_inliers` verified inliers.
+
+    Images outside it were registered through weak pairs only: on repetitive or symmetric objects
+    those are exactly the confident false pairs (e.g. temple views 100-170 degrees apart with 50 inliers).
+    Empty when no two images are so connected; among equally large groups, the one holding the
+    alphabetically first name.
+    """
+    order = sorted(set(names))
+    if not order:
+        return set()
+    index = {name: i for i, name in enumerate(order)}
+    edges = [(index[name], index[other]) for name in order for other, inliers in graph.get(name, {}).items()
+             if other in index and inliers >= min_inliers]
+    rows, cols = (list(ends) for ends in zip(*edges)) if edges else ([], [])
+    adjacency = scipy.sparse.coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(order), len(order)))
+    count, labels = connected_components(adjacency, directed=False)
+    sizes = np.bincount(labels, minlength=count)
+    # Ties between largest groups: the one holding the alphabetically first name, whatever the labelling.
+    first = np.full(count, len(order))
+    np.minimum.at(first, labels, np.arange(len(order)))
+    largest = np.flatnonzero(sizes == sizes.max())
+    best = largest[np.argmin(first[largest])]
+    return {order[i] for i in np.flatnonzero(labels == best)} if sizes[best] > 1 else set()
+
+
+def camera_warnings(camera: pycolmap.Camera, prior: pycolmap.Camera | None, source: str, names: list[str],
+                    config: ReliabilityConfig) -> list[str]:
+    """Intrinsics that self-calibration pushed to implausible values (a known symptom of wrong models)."""
+    warnings = []
+    label = f"camera {camera.camera_id} ({names[0]}{', ...' if len(names) > 1 else ''})"
+    if prior is not None and source != "known":
+        change = camera.mean_focal_length() / prior.mean_focal_length()
+        limit = config.max_focal_change if source == "exif" else config.max_focal_change_without_prior
+        if not 1 / limit <= change <= limit:
+            what = "its EXIF prior" if source == "exif" else "pycolmap's default guess (no EXIF focal)"
+            warnings.append(f"{label}: focal length {camera.mean_focal_length():.0f} px moved x{change:.2f} from "
+                            f"{what} {prior.mean_focal_length():.0f} px; self-calibration is unreliable here: give "
+                            "--camera-params or --intrinsics")
+    extra = [camera.params[i] for i in camera.extra_params_idxs()]
+    if camera.model.name in RADIAL_MODELS and abs(extra[0]) > config.max_radial_distortion:
+        warnings.append(f"{label}: radial distortion {extra[0]:.2f} is implausible")
+    return warnings
+
+
+def initial_cameras(database: Path) -> dict[int, pycolmap.Camera]:
+    """The database's cameras before mapping: the priors that assess_model compares with (read
+    without modifying the database)."""
+    return read_cameras(database)

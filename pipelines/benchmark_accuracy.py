@@ -1,0 +1,189 @@
+"""Accuracy of D2 reconstructions with and without featuremetric keypoint refinement, beside
+pycolmap's SIFT pipeline, in one run.
+
+  python pipelines/benchmark_accuracy.py --output /tmp/acc [--data ../shared/data] \
+      [--sets kermit,sceaux,sample,temple] [--refine none,keypoints] [--mappers incremental,global] \
+      [--skip-sift] [--device cpu]
+
+Each D2 row is one whole `python -m d2_sfm.reconstruct ... --refine X --mapper M` process (wall
+time measured around it); SIFT rows come from pipelines/compare_sift.py (pycolmap extract_features,
+match_exhaustive, incremental_mapping). Sets: kermit (11 views, 640 px), Sceaux (11 views, resized
+to <= 1024 px into OUT/images/sceaux, never touching the data folder), the embedded sample scene
+(generated in OUT/sample; Sim3-aligned rotation errors against its known poses) and Middlebury
+templeSparseRing (known intrinsics from templeSR_par.txt, rotation errors against its poses).
+Prints one Markdown table: registered views, points, mean reprojection error, rotation errors,
+wall time and the time the refine step took (with its share of the whole run).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(ROOT / "pipelines"))
+
+from d2_sfm.cli import run_cli  # noqa: E402
+from d2_sfm.errors import D2SfmError  # noqa: E402
+
+logger = logging.getLogger("benchmark_accuracy")
+SETS = ("kermit", "sceaux", "sample", "temple")
+MAX_EDGE = 1024
+
+
+def prepare(name: str, data: Path, output: Path) -> tuple[Path | None, list[str]]:
+    """(image folder, extra reconstruct arguments) of a set; None folder: the generated sample scene."""
+    sfm = data / "sfm"
+    if name == "kermit":
+        return sfm / "kermit", []
+    if name == "sceaux":
+        return resized_copy(sfm / "sceaux_castle" / "images", output / "images" / "sceaux", MAX_EDGE), []
+    if name == "temple":
+        par = sfm / "temple_sparse_ring" / "templeSR_par.txt"
+        k = np.array(par.read_text().split("\n")[1].split()[1:10], float).reshape(3, 3)
+        params = f"{k[0, 0]},{k[1, 1]},{k[0, 2]},{k[1, 2]}"
+        return sfm / "temple_sparse_ring", ["--camera-params", params, "--ground-truth", str(par)]
+    if name == "sample":
+        return None, []
+    raise D2SfmError(f"unknown set {name!r}: expected some of {', '.join(SETS)}")
+
+
+def resized_copy(source: Path, target: Path, max_edge: int) -> Path:
+    """JPEG/PNG images of `source` shrunk to <= max_edge px into `target` (made once)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.iterdir()):
+        if path.suffix.lower() not in (".jpg", ".jpeg", ".png") or (target / path.name).exists():
+            continue
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        scale = max_edge / max(image.shape[:2])
+        if scale < 1:
+            image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(target / path.name), image)
+    return target
+
+
+def run_d2(images: Path | None, extra: list[str], output: Path, refine: str, mapper: str, device: str,
+           cwd: Path) -> dict[str, object]:
+    """One whole reconstruct process; its summary.json plus the wall time."""
+    command = [sys.executable, "-m", "d2_sfm.reconstruct", "--output", str(output), "--overwrite",
+               "--max-edge", str(MAX_EDGE), "--refine", refine, "--mapper", mapper, "--device", device, *extra]
+    if images is not None:
+        command += ["--images", str(images)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    start = time.time()
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    wall = time.time() - start
+    (output.parent / f"{output.name}.log").write_text(result.stdout + result.stderr)
+    summary_path = output / "summary.json"
+    if result.returncode not in (0, 3) or not summary_path.is_file():
+        tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        logger.warning("reconstruct failed (exit %d) for %s: %s", result.returncode, output, tail)
+        return {"wall": wall, "failed": tail}
+    return {**json.loads(summary_path.read_text()), "wall": wall}
+
+
+def run_sift(images: Path | None, extra: list[str], output: Path, cwd: Path) -> dict[str, object]:
+    """pycolmap's SIFT pipeline (compare_sift) with the same camera settings and ground truth."""
+    from compare_sift import sift_reconstruction
+    from d2_sfm.alignment import read_ground_truth_file
+    from d2_sfm.colmap_cameras import CameraConfig
+    from d2_sfm.images import list_images
+    from d2_sfm.reconstruct import SAMPLE_SCENE_DIR, sample_scene
+
+    camera, ground_truth = CameraConfig(), None
+    if images is None:  # the sample scene, generated by the D2 runs in cwd (or now)
+        images, ground_truth = sample_scene(cwd / SAMPLE_SCENE_DIR)
+    if "--camera-params" in extra:
+        camera = CameraConfig(params=tuple(float(v) for v in extra[extra.index("--camera-params") + 1].split(",")))
+    if "--ground-truth" in extra:
+        ground_truth = read_ground_truth_file(Path(extra[extra.index("--ground-truth") + 1]), list_images(images))
+    start = time.time()
+    data = sift_reconstruction(images, output, MAX_EDGE, camera, ground_truth)
+    return {**data, "wall": time.time() - start}
+
+
+def row(label: str, data: dict[str, object], baseline_wall: float | None) -> str:
+    if "failed" in data:
+        return f"| {label} | failed: {data['failed']} |" + " |" * 8
+    gt = data.get("ground_truth") or {}
+    rot = gt.get("rotation_error_deg") or {}
+    rel = gt.get("relative_rotation_error_deg") or {}
+    timings = data.get("timings") or {}
+    refine_time = timings.get("refine")
+    share = (f"{refine_time:.1f} ({100 * (data['wall'] - baseline_wall) / baseline_wall:+.0f}% wall)"
+             if refine_time is not None and baseline_wall else "-")
+    registered = data.get("num_registered", 0)
+    total = data.get("num_images") or len(data.get("images", [])) or "?"
+    cells = [label, f"{registered}/{total}", str(data.get("num_points3D", "-")),
+             f"{data.get('mean_reprojection_error', float('nan')):.3f}",
+             f"{rot['median']:.3f} / {rot['max']:.3f}" if rot.get("median") is not None else "-",
+             f"{rel['median']:.3f} / {rel['max']:.3f}" if rel.get("median") is not None else "-",
+             f"{timings.get('map', float('nan')):.1f}", share, f"{data['wall']:.1f}"]
+    return "| " + " | ".join(cells) + " |"
+
+
+HEADER = ("| set / pipeline | registered | points | mean reproj. err (px) | rot. err median / max (deg, Sim3) "
+          "| rel. rot. err median / max (deg) | map (s) | refine (s, share of wall) | wall (s) |\n"
+          "|---|---|---|---|---|---|---|---|---|")
+
+
+def main(output: Path, data: Path, sets: list[str], refines: list[str], mappers: list[str], sift: bool,
+         device: str) -> list[str]:
+    if not (data / "sfm").is_dir():
+        raise D2SfmError(f"real data folder {data / 'sfm'} does not exist")
+    output.mkdir(parents=True, exist_ok=True)
+    rows, results = [], {}
+    for name in sets:
+        images, extra = prepare(name, data, output)
+        cwd = output / name
+        cwd.mkdir(parents=True, exist_ok=True)
+        baseline = None
+        for mapper in mappers:
+            for refine in refines:
+                label = f"{name} D2 {mapper} refine={refine}"
+                logger.info("%s", label)
+                result = run_d2(images, extra, cwd / f"d2_{mapper}_{refine}", refine, mapper, device, cwd)
+                if mapper == mappers[0] and refine == "none":
+                    baseline = result.get("wall")
+                results[label] = result
+                rows.append(row(label, result, baseline if refine != "none" else None))
+        if sift:
+            label = f"{name} SIFT (pycolmap)"
+            results[label] = run_sift(images, extra, cwd / "sift", cwd)
+            rows.append(row(label, results[label], None))
+    (output / "accuracy.json").write_text(json.dumps(results, indent=1, default=str))
+    return rows
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--output", type=Path, required=True, help="scratch folder for all runs")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--refine", default="none,keypoints", help="refine modes to run (comma-separated)")
+    parser.add_argument("--mappers", default="incremental", help="incremental and/or global (comma-separated)")
+    parser.add_argument("--skip-sift", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    return parser
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rows = main(args.output.resolve(), args.data.resolve(), args.sets.split(","), args.refine.split(","),
+                args.mappers.split(","), not args.skip_sift, args.device)
+    print(HEADER)
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(cli))
