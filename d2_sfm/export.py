@@ -35,7 +35,7 @@ from .cli import run_cli
 from .export_kapture import export_kapture, import_kapture
 from .formats_d2net import import_d2net_npz, write_d2net_file
 from .h5io import iter_features, list_h5_names
-from .images import list_images
+from .images import list_images, read_image_list
 from .paths import resolve_inside
 from .run_folder import RunFolder, check_output_folder, open_run_folder, require_model, staged_folder
 
@@ -94,8 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from .extract import read_image_list
-
     names = read_image_list(args.image_list) if args.image_list else list_images(args.images)
     summary = import_d2net_npz(args.images, names, args.output, overwrite=args.overwrite)
     print(f"{len(summary.imported)} images, {sum(summary.num_keypoints.values())} keypoints "

@@ -24,10 +24,9 @@ from .extractor import D2Extractor, ExtractionConfig, Features, resolve_device, 
 from .fingerprint import FileStamp
 from .h5io import (FEATURE_ID, H5_SUFFIXES, H5FormatError, atomic_h5, current_file, feature_records, file_attributes,
                    is_empty, prune_incomplete, remove_h5_output, up_to_date, write_features)
-from .images import ImageError, list_images_report, max_image_pixels, read_image_bytes
+from .images import ImageError, list_images_report, max_image_pixels, read_image_bytes, read_image_list
 from .locking import output_lock
-from .paths import check_output_path, check_pair_key_collisions, name_problem, resolve_inside, safe_relative_name
-from .textfiles import read_text_lines
+from .paths import check_output_path, check_pair_key_collisions, resolve_inside, safe_relative_name
 from .weights import resolve as resolve_weights
 
 DESCRIPTOR_DIM = 512
@@ -59,26 +58,6 @@ class ExtractionSummary:
             logger.warning("Skipped %s: %s", name, reason)
         for name, reason in self.warnings.items():
             logger.warning("Suspect features of %s: %s", name, reason)
-
-
-def read_image_list(path: Path) -> list[str]:
-    """Image names, one per line (blank lines and '#' comments ignored), relative to the image folder.
-    A name that could not be written to pairs or HDF5 files unchanged is refused with its line."""
-    names: list[str] = []
-    for number, line in read_text_lines(path, "image list"):
-        where = f"{path}:{number}"
-        name = safe_relative_name(line, where)
-        problem = name_problem(name)
-        if problem:
-            raise ImageError(f"{where}: image name {name!r} cannot be used: {problem}")
-        if name in names:
-            logger.warning("%s: %s is listed again; extracted once", where, name)
-            continue
-        names.append(name)
-    if not names:
-        raise ImageError(f"image list {path} names no images")
-    check_pair_key_collisions(names, str(path))
-    return names
 
 
 def listed_images(image_dir: Path, summary: ExtractionSummary) -> list[str]:
@@ -202,13 +181,17 @@ def extract_one(extractor: D2Extractor, image_dir: Path, name: str, handle, summ
     try:
         stamp = FileStamp.of(path)  # before reading: an image edited meanwhile is redone next time
         features = extractor.extract_path(path)
-    except ImageError as error:
-        summary.failed[name] = str(error)
-        return
-    except OSError as error:
-        summary.failed[name] = f"cannot read image {path}: {error.strerror or error}"
+    except (ImageError, OSError) as error:
+        summary.failed[name] = read_failure(path, error)
         return
     record_features(handle, name, stamp.to_text(), features, summary, half_descriptors)
+
+
+def read_failure(path: Path, error: Exception) -> str:
+    """The summary's reason for an image that could not be read (both executors)."""
+    if isinstance(error, ImageError):
+        return str(error)
+    return f"cannot read image {path}: {getattr(error, 'strerror', None) or error}"
 
 
 def record_features(handle, name: str, stamp: str, features: Features, summary: ExtractionSummary,
@@ -247,11 +230,8 @@ def read_jobs(image_dir: Path, todo: list[str], summary: ExtractionSummary) -> I
         try:
             stamp = FileStamp.of(path)  # before reading, as extract_one
             data = read_image_bytes(path, max_pixels)
-        except ImageError as error:
-            summary.failed[name] = str(error)
-            continue
-        except OSError as error:
-            summary.failed[name] = f"cannot read image {path}: {error.strerror or error}"
+        except (ImageError, OSError) as error:
+            summary.failed[name] = read_failure(path, error)
             continue
         yield ImageJob(name, str(path), stamp.to_text(), data, max_pixels)
 

@@ -28,7 +28,8 @@ import numpy as np
 
 from .image_headers import (MAX_IMAGE_PIXELS, MAX_PIXELS_ENV, ImageError, ImageHeader, ImageListingError,
                             ImageTooLargeError, check_header, max_image_pixels, read_image_bytes, read_image_header)
-from .paths import check_pair_key_collisions, control_character, name_problem
+from .paths import check_pair_key_collisions, control_character, name_problem, safe_relative_name
+from .textfiles import read_text_lines
 
 logger = logging.getLogger(__name__)
 
@@ -312,3 +313,23 @@ class ResizedImage:
         height, width = self.image.shape[:2]
         scale = np.array([self.original_size[0] / width, self.original_size[1] / height], np.float32)
         return ((keypoints_xy + 0.5) * scale - 0.5).astype(np.float32)
+
+
+def read_image_list(path: Path) -> list[str]:
+    """Image names, one per line (blank lines and '#' comments ignored), relative to the image folder.
+    A name that could not be written to pairs or HDF5 files unchanged is refused with its line."""
+    names: list[str] = []
+    for number, line in read_text_lines(path, "image list"):
+        where = f"{path}:{number}"
+        name = safe_relative_name(line, where)
+        problem = name_problem(name)
+        if problem:
+            raise ImageError(f"{where}: image name {name!r} cannot be used: {problem}")
+        if name in names:
+            logger.warning("%s: %s is listed again; extracted once", where, name)
+            continue
+        names.append(name)
+    if not names:
+        raise ImageError(f"image list {path} names no images")
+    check_pair_key_collisions(names, str(path))
+    return names

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from .colmap import pycolmap
-from .colmap_db import PairStats, read_pair_stats
+from .colmap_import import PairStats, read_pair_stats
 from .colmap_model import read_model
 from .datasets.formats import rigid_from_qt
 from .errors import D2SfmError

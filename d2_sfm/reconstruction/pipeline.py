@@ -14,7 +14,8 @@ import torch
 from .. import colmap_db, extract, match, pairs, refine
 from ..atomic import write_json
 from ..colmap import pycolmap
-from ..colmap_db import CameraConfig, VerificationConfig
+from ..colmap_cameras import CameraConfig
+from ..colmap_import import VerificationConfig
 from ..colmap_log import colmap_log_to
 from ..executors import ExecutorConfig
 from ..extractor import D2Extractor, ExtractionConfig

@@ -12,7 +12,7 @@ import scipy.sparse
 from scipy.sparse.csgraph import connected_components
 
 from ..colmap import pycolmap
-from ..colmap_db import PairStats, verified_graph
+from ..colmap_import import PairStats, verified_graph
 from ..colmap_readonly import read_cameras
 
 RADIAL_MODELS = ("SIMPLE_RADIAL", "RADIAL", "OPENCV", "FULL_OPENCV")  # first extra parameter is k1

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..alignment import model_poses, relative_rotation_errors
 from ..colmap import pycolmap
-from ..colmap_db import PairStats
+from ..colmap_import import PairStats
 from ..colmap_readonly import read_image_ids
 from .mapping import best_model
 from .reliability import ReliabilityConfig

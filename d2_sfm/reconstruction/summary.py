@@ -9,7 +9,7 @@ import numpy as np
 
 from ..alignment import PoseErrors, align_and_compare, model_poses, relative_rotation_errors
 from ..colmap import pycolmap
-from ..colmap_db import PairStats
+from ..colmap_import import PairStats
 from ..h5io import file_attributes
 
 
