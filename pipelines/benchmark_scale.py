@@ -139,24 +139,28 @@ def same_h5(a: Path, b: Path) -> bool:
 
 
 # The work each stage's cost should be linear in (the synthetic site has a fixed size, so more
-# images also mean longer tracks and more matches per pair: images alone would mislead).
-STAGE_WORK = {"extract": "images", "db_pairs": "observations", "db_match": "db_pairs", "triangulate": "db_matches",
+# images also mean longer tracks and more matches per pair: images alone would mislead). Covisibility
+# counts shared points of image pairs by a sparse product: its work is the co-observations, the sum
+# over 3D points of their track length squared.
+STAGE_WORK = {"extract": "images", "db_pairs": "co_observations", "db_match": "db_pairs", "triangulate": "db_matches",
               "query_match": "query_pairs", "localize": "queries", "localize-process": "images"}
 
 
 def work_counts(data: Path, out: Path) -> dict[str, int]:
-    """Images, reference-model observations, unique db and query pairs, raw db matches, queries."""
+    """Images, reference-model observations and co-observations, unique db and query pairs, raw db
+    matches, queries."""
     from d2_sfm.colmap import pycolmap
     from d2_sfm.datasets.formats import read_pairs, unique_pairs
 
     reference = pycolmap.Reconstruction(data / "3D-models" / "aachen_v_1_1")
+    lengths = [point.track.length() for point in reference.points3D.values()]
     matches = []
     with h5py.File(out / "matches-db.h5", "r") as f:
         f.visititems(lambda name, obj: matches.append(int((obj[()] >= 0).sum())) if name.endswith("matches0") else None)
     query_pairs = read_pairs(out / "pairs-query.txt")
     queries = len({query for query, _ in query_pairs})
     return {"images": reference.num_reg_images() + queries, "queries": queries,
-            "observations": sum(point.track.length() for point in reference.points3D.values()),
+            "observations": sum(lengths), "co_observations": sum(length * length for length in lengths),
             "db_pairs": len(unique_pairs(read_pairs(out / "pairs-db-covis.txt"))),
             "query_pairs": len(unique_pairs(query_pairs)), "db_matches": sum(matches)}
 
@@ -277,7 +281,7 @@ def large_probe(images: list[Path]) -> dict[str, float]:
 # Work of full runs (d2_sfm's defaults, as hloc: Aachen 20 covisible pairs per database image, an
 # upper bound on the unique pairs, and 50 retrieved images per query; InLoc 40 retrieved cutouts per
 # query, every cutout extracted at most). Covisibility pairs are left out: linear in the reference
-# model's observations, about a microsecond each.
+# model's co-observations, seconds for a whole model.
 FULL_RUNS = {
     "Aachen v1.1 (6,697 db + 1,015 queries)": {"extract": 6697 + 1015, "db_match": 6697 * 20,
                                                "triangulate": 6697 * 20, "query_match": 1015 * 50, "localize": 1015},
@@ -371,18 +375,22 @@ def main() -> None:  # noqa: C901  (one flat sequence of optional parts)
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     parser.add_argument("--large-probe", type=Path, nargs=2, metavar="IMAGE", help="two large photos of one scene")
     parser.add_argument("--cost-model", type=Path, metavar="JSON", help="print the cost model from these measurements")
-    parser.add_argument("--report", type=Path, metavar="JSON",
-                        help="print the tables again from these measurements and the outputs left in --workdir")
+    parser.add_argument("--report", type=Path, nargs="+", metavar="JSON",
+                        help="print the tables again from these measurements (several files: sizes merged) and "
+                             "the outputs left in --workdir")
     args = parser.parse_args()
     if args.cost_model:
         return cost_model(json.loads(args.cost_model.read_text()))
     if args.report:
-        saved = json.loads(args.report.read_text())
-        for result in saved["results"]:
+        saved = [json.loads(path.read_text()) for path in args.report]
+        results = sorted((r for report in saved for r in report["results"]), key=lambda r: r["db_images"])
+        for result in results:
             root = args.workdir / f"aachen{result['db_images']}"
             assign_work(result, work_counts(root / "dataset", root / "local"))
-        args.report.write_text(json.dumps(saved, indent=1))  # with the work counts of this version
-        return print_tables(saved["results"], saved.get("ray_start_s"), saved["startup_s"])
+        for path, report in zip(args.report, saved):
+            path.write_text(json.dumps(report, indent=1))  # with the work counts of this version
+        ray_start = next((r["ray_start_s"] for r in saved if r.get("ray_start_s")), None)
+        return print_tables(results, ray_start, saved[0]["startup_s"])
     report = json.loads(args.json.read_text()) if args.json and args.json.is_file() else {}
     if args.large_probe:
         os.environ.setdefault("D2_SFM_OFFLINE", "1")
