@@ -5,6 +5,7 @@ on a copy). Pose accuracy on a well-conditioned scene: test_reconstruct.py (synt
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -40,7 +41,10 @@ def test_global_mapper_redoes_only_map_and_leaves_the_database_as_it_was(run_dir
     assert steps["map"]["fingerprint"] != steps_before["map"]["fingerprint"]
 
 
-def test_global_mapper_registers_the_sample_scene_with_known_intrinsics(run_dir):
+def test_global_mapper_registers_the_sample_scene_with_known_intrinsics(run_dir, tmp_path):
+    # its own copy: other camera settings rewrite the database the other test expects unchanged
+    shutil.copytree(run_dir.parent, tmp_path / "run", symlinks=True)
+    run_dir = tmp_path / "run" / "out"
     scene = run_dir.parent / "scene"
     views = read_ground_truth(scene / GROUND_TRUTH_FILE)
     camera = next(iter(views.values())).camera
