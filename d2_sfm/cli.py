@@ -87,13 +87,13 @@ def hdf5_file_name(error: BaseException) -> str | None:
     return name
 
 
-def add_extraction_arguments(parser: argparse.ArgumentParser, with_defaults: bool | None = None) -> None:
-    """Options shared by every command that extracts features, defaults from ExtractionConfig.
-    with_defaults=False leaves them None (extraction_config_from_args fills in the config's own)
-    and imports no torch, so that a command's --help and argument errors are instant; None: the
-    defaults are shown when torch is loaded already (the command imported it anyway)."""
+def add_extraction_arguments(parser: argparse.ArgumentParser, with_defaults: bool) -> None:
+    """Options shared by every command that extracts features. with_defaults=True shows
+    ExtractionConfig's defaults (this imports torch); False leaves them None
+    (extraction_config_from_args fills in the config's own) and imports no torch, so that a
+    command's --help and argument errors are instant."""
     default, precisions = None, None
-    if with_defaults or (with_defaults is None and "torch" in sys.modules):
+    if with_defaults:
         from .extractor import PRECISIONS, ExtractionConfig  # noqa: PLC0415  (torch)
         default, precisions = ExtractionConfig(), PRECISIONS
 
@@ -114,8 +114,8 @@ def add_extraction_arguments(parser: argparse.ArgumentParser, with_defaults: boo
                        help="run the network in tiles of this many px per side (exact; bounds memory; 0: whole "
                             "image)")
     group.add_argument("--precision", choices=precisions, default=value("precision"),
-                       help="network arithmetic: auto (bf16 on CPUs with native bf16, else fp32), fp32 (exact), "
-                            "bf16, fp16 or tf32 (CUDA only)")
+                       help="network arithmetic: auto (fp32: bf16 kept too few keypoints within 1 px), fp32 (exact), "
+                            "bf16 (faster on CPUs with native bf16), fp16 or tf32 (CUDA only)")
     group.add_argument("--half", action="store_true", help="same as --precision fp16 (CUDA only)")
     group.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
 

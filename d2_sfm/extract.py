@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-list", type=Path, help="file with image names relative to --images")
     parser.add_argument("--half-descriptors", action="store_true", help="store descriptors as float16")
     parser.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
-    add_extraction_arguments(parser)
+    add_extraction_arguments(parser, with_defaults=True)  # the step imports torch anyway
     add_executor_arguments(parser)
     return parser
 

@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="query poses in the results format, to report the benchmark's recall")
     parser.add_argument("--ratio-threshold", type=float, default=None,
                         help="matcher: Lowe's ratio (default: the matcher's, mutual nearest neighbours only)")
-    add_extraction_arguments(parser)
+    add_extraction_arguments(parser, with_defaults=False)  # instant --help
     add_executor_arguments(parser)
     return parser
 

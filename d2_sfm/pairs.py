@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--retrieval-max-edge", type=int, default=default.retrieval_max_edge)
     parser.add_argument("--global-features", type=Path, help="retrieval: global descriptors HDF5 (read or written)")
     parser.add_argument("--input", type=Path, help="file mode: the pairs file to validate and copy")
-    add_extraction_arguments(parser)
+    add_extraction_arguments(parser, with_defaults=True)  # the step imports torch anyway
     return parser
 
 

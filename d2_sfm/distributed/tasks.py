@@ -79,16 +79,11 @@ def worker_extractor(spec: ExtractorSpec, weights_box: list[Any]) -> D2Extractor
     return _EXTRACTORS[key]
 
 
-def decode_image(job: ImageJob) -> tuple[np.ndarray, list[str]]:
-    """RGB uint8 image and decoder warnings from the file's bytes, as a local run reads them."""
-    return decode_image_bytes(Path(job.path_text), job.data, max_pixels=job.max_pixels)
-
-
 def extract_image(spec: ExtractorSpec, weights_box: list[Any], job: ImageJob) -> ImageResult:
     """Ray task: features of one image sent as bytes (an undecodable image is a failure result)."""
     extractor = worker_extractor(spec, weights_box)
     try:
-        image, warnings = decode_image(job)
+        image, warnings = decode_image_bytes(Path(job.path_text), job.data, max_pixels=job.max_pixels)
     except ImageError as error:
         return ImageResult(job.name, job.stamp, None, str(error))
     features = dataclasses.replace(extractor.extract_array(image), read_warnings=tuple(warnings))
