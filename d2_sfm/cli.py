@@ -6,13 +6,11 @@ import errno
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
+from .configs import PRECISIONS, REFINE_MODES, ExtractionConfig, RefineConfig
 from .errors import D2SfmError
 from .paths import check_output_path  # noqa: F401  (re-exported for the command-line tools)
-
-if TYPE_CHECKING:  # torch: imported when a run is configured, not when a command starts
-    from .extractor import ExtractionConfig
 
 logger = logging.getLogger("d2_sfm")
 
@@ -87,18 +85,13 @@ def hdf5_file_name(error: BaseException) -> str | None:
     return name
 
 
-def add_extraction_arguments(parser: argparse.ArgumentParser, with_defaults: bool) -> None:
-    """Options shared by every command that extracts features. with_defaults=True shows
-    ExtractionConfig's defaults (this imports torch); False leaves them None
-    (extraction_config_from_args fills in the config's own) and imports no torch, so that a
-    command's --help and argument errors are instant."""
-    default, precisions = None, None
-    if with_defaults:
-        from .extractor import PRECISIONS, ExtractionConfig  # noqa: PLC0415  (torch)
-        default, precisions = ExtractionConfig(), PRECISIONS
+def add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that extracts features, with ExtractionConfig's defaults
+    (configs: no torch, so a command's --help and argument errors stay instant)."""
+    default = ExtractionConfig()
 
     def value(name: str) -> object:
-        return getattr(default, name) if default is not None else None
+        return getattr(default, name)
 
     group = parser.add_argument_group("D2-Net features")
     group.add_argument("--weights", default=None,
@@ -113,7 +106,7 @@ def add_extraction_arguments(parser: argparse.ArgumentParser, with_defaults: boo
     group.add_argument("--tile-size", type=int, default=value("tile_size"),
                        help="run the network in tiles of this many px per side (exact; bounds memory; 0: whole "
                             "image)")
-    group.add_argument("--precision", choices=precisions, default=value("precision"),
+    group.add_argument("--precision", choices=PRECISIONS, default=value("precision"),
                        help="network arithmetic: auto (fp32: bf16 kept too few keypoints within 1 px), fp32 (exact), "
                             "bf16 (faster on CPUs with native bf16), fp16 or tf32 (CUDA only)")
     group.add_argument("--half", action="store_true", help="same as --precision fp16 (CUDA only)")
@@ -126,11 +119,20 @@ def given(**values: object) -> dict[str, object]:
 
 
 def extraction_config_from_args(args: argparse.Namespace) -> ExtractionConfig:
-    from .extractor import ExtractionConfig  # noqa: PLC0415  (torch: see TYPE_CHECKING above)
-
     values = given(max_edge=args.max_edge, max_sum_edges=args.max_sum_edges, max_keypoints=args.max_keypoints,
                    preprocessing=args.preprocessing, tile_size=args.tile_size,
                    precision="fp16" if args.half else args.precision)
     if values.get("tile_size") == 0:
         values["tile_size"] = None
     return ExtractionConfig(multiscale=args.multiscale, **values)
+
+
+def add_refine_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """--refine of the commands that refine keypoints before geometry; `what`: which keypoints."""
+    parser.add_argument("--refine", choices=REFINE_MODES, default=RefineConfig.mode,
+                        help=f"keypoint refinement: keypoints ({what}, by photometric patch alignment along "
+                             "tracks; OUT/*refined.h5, the input features stay as they are) or none")
+
+
+def refine_config_from_args(args: argparse.Namespace) -> RefineConfig:
+    return RefineConfig(mode=args.refine)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-EDGE_THRESHOLD = 5.0
+from .configs import EDGE_THRESHOLD
+
 # 3x3 neighbourhood offsets (di, dj), row-major; index 4 is the centre.
 NEIGHBOUR_OFFSETS = [(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1)]
 # Channels compared with the channel maximum at a time: bounds the (chunk, h, w) bool temporary.

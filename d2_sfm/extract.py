@@ -11,23 +11,24 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import torch
 from tqdm import tqdm
 
 from .cli import add_extraction_arguments, extraction_config_from_args, run_cli
-from .distributed.tasks import ExtractorSpec, ImageJob, ImageResult, extract_image
+from .configs import ExtractionConfig
 from .executors import (ExecutorConfig, add_executor_arguments, check_ray_available, executor_config_from_args,
                         map_unordered, ray_session, worker_device)
-from .extractor import D2Extractor, ExtractionConfig, Features, resolve_device, resolve_precision
 from .fingerprint import FileStamp
 from .h5io import (FEATURE_ID, H5_SUFFIXES, H5FormatError, atomic_h5, current_file, feature_records, file_attributes,
                    is_empty, prune_incomplete, remove_h5_output, up_to_date, write_features)
 from .images import ImageError, list_images_report, max_image_pixels, read_image_bytes, read_image_list
 from .locking import output_lock
 from .paths import check_output_path, check_pair_key_collisions, resolve_inside, safe_relative_name
-from .weights import resolve as resolve_weights
+
+if TYPE_CHECKING:  # torch: imported when extraction starts, so that --help and input errors are instant
+    from .distributed.tasks import ExtractorSpec, ImageJob, ImageResult
+    from .extractor import D2Extractor, Features
 
 DESCRIPTOR_DIM = 512
 # Settings that files written by d2_sfm 0.1 did not record, with the value they had then.
@@ -153,6 +154,8 @@ def main(image_dir: Path, output: Path, image_list: list[str] | None = None,
     if executor.is_ray:
         settings: D2Extractor | ExtractorSpec = worker_spec(extractor, weights, config, device, executor)
     else:
+        from .extractor import D2Extractor  # noqa: PLC0415  (torch)
+
         settings = extractor = extractor or D2Extractor(weights, config, device)
     start = time.time()
     with output_lock(output):
@@ -214,6 +217,12 @@ def worker_spec(extractor: D2Extractor | None, weights: str | None, config: Extr
                 executor: ExecutorConfig) -> ExtractorSpec:
     """The extractor Ray workers rebuild, checked here (weights loaded and validated, precision
     resolved for the workers' device); the driver itself needs no GPU."""
+    import torch  # noqa: PLC0415
+
+    from .distributed.tasks import ExtractorSpec  # noqa: PLC0415  (torch)
+    from .extractor import resolve_device, resolve_precision  # noqa: PLC0415
+    from .weights import resolve as resolve_weights  # noqa: PLC0415
+
     if extractor is not None:
         return ExtractorSpec(extractor.weights, extractor.config, str(extractor.device))
     device = worker_device(executor, device)
@@ -224,6 +233,8 @@ def worker_spec(extractor: D2Extractor | None, weights: str | None, config: Extr
 
 def read_jobs(image_dir: Path, todo: list[str], summary: ExtractionSummary) -> Iterator[ImageJob]:
     """Each image's bytes and stamp, read lazily (bounded memory); unreadable files are failures."""
+    from .distributed.tasks import ImageJob  # noqa: PLC0415  (torch)
+
     max_pixels = max_image_pixels()
     for name in tqdm(todo, desc="extract (ray)", unit="img"):
         path = resolve_inside(image_dir, name)
@@ -239,6 +250,8 @@ def read_jobs(image_dir: Path, todo: list[str], summary: ExtractionSummary) -> I
 def extract_on_ray(spec: ExtractorSpec, executor: ExecutorConfig, image_dir: Path, todo: list[str], handle,
                    summary: ExtractionSummary, half_descriptors: bool) -> None:
     """Extract `todo` with Ray tasks (one image each), writing each result as it arrives."""
+    from .distributed.tasks import extract_image  # noqa: PLC0415  (torch)
+
     ray = ray_session(executor)
     weights_box = [ray.put(spec.weights.path.read_bytes())]  # in a list: fetched by a worker only once
     results: Iterator[ImageResult] = map_unordered(executor, extract_image, read_jobs(image_dir, todo, summary),
@@ -257,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-list", type=Path, help="file with image names relative to --images")
     parser.add_argument("--half-descriptors", action="store_true", help="store descriptors as float16")
     parser.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
-    add_extraction_arguments(parser, with_defaults=True)  # the step imports torch anyway
+    add_extraction_arguments(parser)
     add_executor_arguments(parser)
     return parser
 

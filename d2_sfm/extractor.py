@@ -10,63 +10,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .detection import EDGE_THRESHOLD
-from .errors import ConfigError, check_options
+# The settings live in configs (no torch); ExtractionConfig and MULTISCALE_SCALES are re-exported.
+from .configs import AUTO_PRECISION, DEFAULT_TILE_SIZE, MULTISCALE_SCALES, ExtractionConfig  # noqa: F401
+from .errors import ConfigError
 from .images import ResizedImage, read_image_checked, resize, resized_size
-from .model import Preprocessing, preprocess
+from .model import preprocess
 from .pyramid import Keypoints, extract_keypoints
 from .tiling import DenseNetwork
 from .weights import load_model
 
 logger = logging.getLogger(__name__)
-
-MULTISCALE_SCALES = (0.5, 1.0, 2.0)
-# Tiles of at most this many input pixels per side (plus a 44-48 px halo): single scale up to
-# 1600 px runs in one pass; multi-scale at 1600 px (3200 px at scale 2) stays under 4 GB.
-DEFAULT_TILE_SIZE = 1600
-PERFORMANCE_ONLY = ("tile_size",)  # options that do not change the features (not recorded)
-# Network arithmetic. fp32: exact (TF32 off on GPUs). bf16: CPU autocast with channels-last
-# activations, a faster network on CPUs with native bf16 (avx512_bf16 / AMX), but it kept only
-# 96.4% of fp32 keypoints within 1 px on kermit at 640 px (94.2% multi-scale; measured with
-# pipelines/benchmark_throughput.py --device cpu), below the 99% that `auto` requires, so auto
-# means fp32 and bf16 is opt-in. fp16 (CUDA autocast) and tf32 (CUDA TF32 convolutions) are
-# GPU-only. Detection, refinement and descriptor normalisation always run in fp32.
-AUTO_PRECISION = "fp32"
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "tf32")
-
-
-@dataclass(frozen=True)
-class ExtractionConfig:
-    multiscale: bool = False  # pyramid at scales 0.5, 1, 2 (official --multiscale)
-    max_edge: int | None = 1600  # shrink so that the longer side is at most this (official)
-    max_sum_edges: int | None = 2800  # then shrink until W + H is at most this (official)
-    max_keypoints: int | None = None  # keep the K best-scoring keypoints (None: all)
-    preprocessing: Preprocessing = "caffe"  # "caffe" for the official and HED weights
-    use_relu: bool = True  # ReLU after conv4_3 (official default)
-    edge_threshold: float = EDGE_THRESHOLD
-    tile_size: int | None = DEFAULT_TILE_SIZE  # network tiles (input px per side); None: whole image
-    precision: str = "auto"  # one of PRECISIONS; recorded resolved (a resume never mixes them)
-
-    def __post_init__(self) -> None:
-        if self.tile_size is not None and self.tile_size < 16:
-            raise ConfigError(f"tile_size must be None or at least 16 px, got {self.tile_size}")
-        check_options("extraction",
-                      max_edge=self.max_edge is not None and not (self.max_edge == 0 or self.max_edge >= 16),
-                      max_sum_edges=self.max_sum_edges is not None and not (self.max_sum_edges == 0
-                                                                            or self.max_sum_edges >= 32),
-                      max_keypoints=self.max_keypoints is not None and self.max_keypoints < 1)
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-
-    @property
-    def scales(self) -> tuple[float, ...]:
-        return MULTISCALE_SCALES if self.multiscale else (1.0,)
-
-    def as_attributes(self) -> dict[str, object]:
-        """Flat settings for HDF5 attributes / summary.json (None -> 0); performance-only options,
-        which leave the features unchanged, are left out."""
-        return {k: (0 if v is None else v) for k, v in dataclasses.asdict(self).items()
-                if k not in PERFORMANCE_ONLY}
 
 
 @dataclass

@@ -3,7 +3,7 @@
 python -m d2_sfm.localize --dataset aachen|aachen_v1_1|inloc|kapture [--root DIR] [--output OUT]
                           [--pairs FILE] [--num-retrieved K] [--num-covisible K]
                           [--covisibility-clustering] [--ransac-max-error PX] [--ground-truth FILE]
-                          [--weights NAME|PATH] [--multiscale] [--max-edge N] ...
+                          [--refine none|keypoints] [--weights NAME|PATH] [--multiscale] [--max-edge N] ...
                           [--executor local|ray] [--ray-address ADDR] [--ray-gpus-per-task G]
 
 The recipe (each step resumable; rerunning continues where it stopped):
@@ -11,14 +11,17 @@ The recipe (each step resumable; rerunning continues where it stopped):
    per query are used) or our own GeM global descriptor of D2-Net's dense map (`d2_sfm.pairs`);
 2. D2 features of the database and query images (`d2_sfm.extract`; InLoc: only the retrieved
    cutouts);
-3. 3D. Aachen: pair covisible database images (the reference model's points), match them, and
+3. 3D. Aachen: pair covisible database images (the reference model's points), match them, with
+   `--refine keypoints` refine their keypoints (`d2_sfm.refine`, OUT/features-db-refined.h5), and
    triangulate D2 points with the reference poses held fixed (`d2_sfm.triangulate`). InLoc: the
    cutouts' XYZcut scans, nothing to build;
 4. match each query with its retrieved database images (`d2_sfm.match`);
 5. 2D-3D correspondences (Aachen: through the triangulated model, optionally per covisibility
-   cluster; InLoc: through XYZcut) and pose by pycolmap with the query's known intrinsics
-   (LO-RANSAC + refinement); then the results file (`name qw qx qy qz tx ty tz`, cam_from_world,
-   one line per query, basenames, ready for visuallocalization.net) and summary.json; with ground
+   cluster; InLoc: through XYZcut), with `--refine keypoints` each correspondence's query keypoint
+   aligned to its database observation (`localization.query_refinement`), and pose by pycolmap
+   with the query's known intrinsics (LO-RANSAC + refinement); then the results file (`name qw qx
+   qy qz tx ty tz`, cam_from_world, one line per query, basenames, ready for
+   visuallocalization.net) and summary.json; with ground
    truth (`--ground-truth`, or the synthetic datasets' `ground_truth/queries.txt`), the
    benchmark's recall at its thresholds.
 Every input (dataset files, --pairs, --ground-truth) is parsed before any feature is computed; the
@@ -122,7 +125,7 @@ def main(dataset: str, root: Path | None = None, output: Path | None = None, pai
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import add_extraction_arguments
+    from .cli import add_extraction_arguments, add_refine_argument
 
     default = {f.name: f.default for f in fields(LocalizationConfig)}  # the plain ones, without making the rest
     parser = argparse.ArgumentParser(prog="python -m d2_sfm.localize", description=__doc__.split("\n")[0])
@@ -146,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="query poses in the results format, to report the benchmark's recall")
     parser.add_argument("--ratio-threshold", type=float, default=None,
                         help="matcher: Lowe's ratio (default: the matcher's, mutual nearest neighbours only)")
-    add_extraction_arguments(parser, with_defaults=False)  # instant --help
+    add_refine_argument(parser, "database keypoints before triangulation, query keypoints before PnP")
+    add_extraction_arguments(parser)
     add_executor_arguments(parser)
     return parser
 
@@ -154,14 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> LocalizationConfig:
     if args.num_retrieved is not None and args.num_retrieved < 1:
         raise LocalizationError("--num-retrieved must be at least 1")
-    from .cli import extraction_config_from_args
-    from .matching import MatcherConfig
+    from .cli import extraction_config_from_args, refine_config_from_args
+    from .configs import MatcherConfig
 
     matcher = MatcherConfig() if args.ratio_threshold is None else MatcherConfig(ratio_threshold=args.ratio_threshold)
+    refine = refine_config_from_args(args)
     return LocalizationConfig(num_retrieved=args.num_retrieved, num_covisible=args.num_covisible,
                               covisibility_clustering=args.covisibility_clustering,
                               ransac_max_error=args.ransac_max_error,
-                              extraction=extraction_config_from_args(args), matcher=matcher)
+                              extraction=extraction_config_from_args(args), matcher=matcher, refine=refine)
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -13,26 +13,26 @@ from collections import OrderedDict
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from .cli import run_cli
-from .distributed.tasks import match_shard
+from .configs import MatcherConfig
 from .executors import (ExecutorConfig, add_executor_arguments, check_ray_available, drain, executor_config_from_args,
                         in_flight_bound, ray_session, remote_function, worker_device)
-from .extractor import resolve_device
 from .fingerprint import settings_fingerprint
 from .formats_d2net import import_d2net_if_changed
 from .h5io import (H5_SUFFIXES, MATCHER, H5FormatError, atomic_h5, current_file, file_attributes, is_empty,
                    match_records, names_to_pair, open_h5, prune_incomplete, read_keypoints, remove_h5_output,
                    stored_feature_id, write_matches)
 from .locking import output_lock
-from .matching import MatcherConfig, match_descriptors
 from .paths import check_output_path
 from .datasets.formats import read_pairs, unique_pairs
+
+if TYPE_CHECKING:  # torch: imported when matching starts, so that --help and input errors are instant
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +43,14 @@ DESCRIPTORS_KEPT = 64  # Ray executor: images whose descriptors stay in the obje
 class DescriptorCache:
     """Reads descriptors once per image (pairs revisit images many times), checking each."""
 
-    def __init__(self, features: Path, device: torch.device, size: int = 64):
+    def __init__(self, features: Path, device: torch.device | str = "cpu", size: int = 64):
         self.file = open_h5(features, "features file")
-        self.device = device
+        self.device = device  # where pairs are matched: set before the first read
         self.get = lru_cache(maxsize=size)(self._load)
 
     def _load(self, name: str) -> torch.Tensor:
+        import torch  # noqa: PLC0415  (see TYPE_CHECKING)
+
         if name not in self.file or "descriptors" not in self.file[name]:
             raise H5FormatError(f"{self.file.filename} has no features for image {name!r}")
         descriptors = np.asarray(self.file[name]["descriptors"][()])  # (D, N); other tools may store anything
@@ -119,7 +121,6 @@ def main(pairs: Path, features: Path, output: Path, config: MatcherConfig = Matc
     descriptor arrays); this process alone writes `output`, the same way for both."""
     output = Path(output)
     check_ray_available(executor)
-    device = worker_device(executor, device)
     check_output_path(output, H5_SUFFIXES, "matches file")
     if Path(features).exists() and output.exists() and output.samefile(features):
         raise H5FormatError(f"the matches output {output} is the features file; give another --output")
@@ -127,9 +128,14 @@ def main(pairs: Path, features: Path, output: Path, config: MatcherConfig = Matc
     if not listed:
         raise H5FormatError(f"pairs file {pairs} lists no pair of two different images: nothing to match")
     matcher = matcher_fingerprint(config)
-    cache = DescriptorCache(features, torch.device("cpu") if executor.is_ray else resolve_device(device))
+    cache = DescriptorCache(features)
     try:
         check_names(listed, cache, pairs)
+        device = worker_device(executor, device)  # imports torch: after the cheap checks (instant errors)
+        if not executor.is_ray:  # Ray tasks get CPU arrays; the device is the workers'
+            from .extractor import resolve_device  # noqa: PLC0415  (torch: after the cheap checks)
+
+            cache.device = resolve_device(device)
         with output_lock(output):
             if overwrite:
                 remove_h5_output(output)
@@ -168,6 +174,8 @@ def write_pairs(todo: list[tuple[str, str, str]], output: Path, cache: Descripto
             for (name0, name1, features), (matches0, scores0) in match_on_ray(todo, cache, config, executor, device):
                 write_matches(handle, name0, name1, matches0, scores0, matcher=matcher, features=features)
         else:
+            from .matching import match_descriptors  # noqa: PLC0415  (torch)
+
             for name0, name1, features in tqdm(todo, desc="match", unit="pair", disable=not todo):
                 matches0, scores0 = match_descriptors(*cache.pair(name0, name1), config)
                 write_matches(handle, name0, name1, matches0.cpu().numpy(), scores0.cpu().numpy(),
@@ -180,6 +188,8 @@ def match_on_ray(todo: list[tuple[str, str, str]], cache: DescriptorCache, confi
     """(pair, (matches0, scores0)) for every pair of `todo`, as Ray tasks finish. Shards are runs of
     PAIRS_PER_TASK consecutive pairs; each image's descriptors are put in the object store once
     (while among the last DESCRIPTORS_KEPT used) and read by the tasks that need them."""
+    from .distributed.tasks import match_shard  # noqa: PLC0415  (torch)
+
     ray = ray_session(executor)
     remote = remote_function(executor, match_shard)
     shards = [todo[start:start + PAIRS_PER_TASK] for start in range(0, len(todo), PAIRS_PER_TASK)]

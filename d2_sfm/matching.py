@@ -13,24 +13,9 @@ exact duplicate (its second-nearest distance equals the nearest, as in hloc).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from .errors import check_options
-
-
-@dataclass(frozen=True)
-class MatcherConfig:
-    ratio_threshold: float | None = None  # Lowe's ratio on L2 distances (None: off, as hloc's D2 setting)
-    distance_threshold: float | None = None  # max L2 distance (None: off)
-    mutual_check: bool = True
-    chunk_size: int = 4096  # rows of descriptors0 per similarity block
-
-    def __post_init__(self) -> None:
-        check_options("matcher", chunk_size=self.chunk_size < 1,
-                      ratio_threshold=self.ratio_threshold is not None and not 0 < self.ratio_threshold <= 1,
-                      distance_threshold=self.distance_threshold is not None and not 0 < self.distance_threshold <= 2)
+from .configs import MatcherConfig  # noqa: F401  (re-exported: the settings live in configs)
 
 
 def nearest_neighbours(desc0: torch.Tensor, desc1: torch.Tensor, config: MatcherConfig

@@ -10,13 +10,11 @@ of 8. Output: (B, 512, H//4 - 1, W//4 - 1) for an input of (B, 3, H, W).
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-Preprocessing = Literal["caffe", "torch"]
+from .configs import Preprocessing
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 TORCH_MEAN_RGB = (0.485, 0.456, 0.406)

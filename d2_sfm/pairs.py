@@ -20,12 +20,12 @@ import argparse
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from .cli import run_cli
+from .cli import add_extraction_arguments, extraction_config_from_args, run_cli
 from .datasets.formats import write_pairs
 from .errors import D2SfmError
 from .fingerprint import FileStamp
@@ -36,6 +36,9 @@ from .images import ImageError, list_images, read_image, resize, resized_size
 from .datasets.formats import read_pairs, unique_pairs
 from .pair_selection import most_similar
 from .paths import check_output_path, resolve_inside
+
+if TYPE_CHECKING:  # torch: imported when global descriptors are computed (instant --help)
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -96,13 +99,17 @@ def pairs_from_similarity(names: list[str], similarity: np.ndarray, num_matched:
 
 def gem(dense: torch.Tensor, p: float = 3.0, eps: float = 1e-6) -> torch.Tensor:
     """Generalised-mean pooling of a dense map (C, h, w) -> L2-normalised (C,)."""
+    import torch  # noqa: PLC0415  (see TYPE_CHECKING)
+
     pooled = dense.clamp(min=eps).pow(p).mean(dim=(1, 2)).pow(1.0 / p)
     return torch.nn.functional.normalize(pooled, dim=0)
 
 
 def global_descriptor(extractor, image_rgb: np.ndarray, config: PairsConfig) -> np.ndarray:
     """GeM of D2-Net's dense map for an RGB uint8 image, resized to `retrieval_max_edge`."""
-    from .model import preprocess
+    import torch  # noqa: PLC0415  (see TYPE_CHECKING)
+
+    from .model import preprocess  # noqa: PLC0415
 
     height, width = image_rgb.shape[:2]
     image = resize(image_rgb, resized_size(width, height, config.retrieval_max_edge, None))
@@ -212,8 +219,6 @@ def image_names(image_dir: Path | None, features: Path | None) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import add_extraction_arguments
-
     default = PairsConfig()
     parser = argparse.ArgumentParser(prog="python -m d2_sfm.pairs", description=__doc__.split("\n")[0])
     parser.add_argument("--output", type=Path, required=True, help="pairs file to write")
@@ -226,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--retrieval-max-edge", type=int, default=default.retrieval_max_edge)
     parser.add_argument("--global-features", type=Path, help="retrieval: global descriptors HDF5 (read or written)")
     parser.add_argument("--input", type=Path, help="file mode: the pairs file to validate and copy")
-    add_extraction_arguments(parser, with_defaults=True)  # the step imports torch anyway
+    add_extraction_arguments(parser)
     return parser
 
 
@@ -238,8 +243,7 @@ def cli(argv: list[str] | None = None) -> int:
     extractor = None
     global_features = args.global_features or Path(args.output).with_suffix(".global.h5")
     if config.mode == "retrieval" and args.images is not None and not set(names) <= existing_names(global_features):
-        from .cli import extraction_config_from_args
-        from .extractor import D2Extractor
+        from .extractor import D2Extractor  # noqa: PLC0415  (torch)
 
         extractor = D2Extractor(args.weights, extraction_config_from_args(args), args.device)
     main(args.output, names, config, args.images, args.input, global_features, extractor)

@@ -62,13 +62,15 @@ def extract_keypoints(dense_fn: DenseFn, image: torch.Tensor, scales: tuple[floa
     result: Keypoints | None = None
     running_sum: torch.Tensor | None = None
     banned: torch.Tensor | None = None
-    for num_levels, scale in enumerate(scales, start=1):
+    num_levels = 0  # levels summed so far (a level too small for the network is skipped, not counted)
+    for scale in scales:
         level = image if scale == 1 else F.interpolate(
             image, scale_factor=scale, mode="bilinear", align_corners=True)
         if min(feature_map_size(*level.shape[2:])) < 1:
             continue  # too small for the network: no detections at this level
         level_hw = tuple(level.shape[2:])
         dense = dense_fn(level)  # (1, C, h, w)
+        num_levels += 1
         del level
         if running_sum is not None:
             dense = add_upsampled(dense, running_sum)

@@ -10,8 +10,8 @@ interrupted or repeated run resumes where it stopped; `OUT/steps.json` records t
   extract   OUT/features.h5     D2-Net keypoints and descriptors (hloc format)
   pairs     OUT/pairs.txt       image pairs to match (hloc format)
   match     OUT/matches.h5      mutual nearest neighbours (hloc format, int32 indices)
-  refine    OUT/features-refined.h5  keypoints of match tracks moved until the dense early-layer D2
-                                features agree (featuremetric adjustment; skipped with --refine none)
+  refine    OUT/features-refined.h5  keypoints of match tracks aligned to each track's root by affine
+                                Lucas-Kanade on image patches (skipped with --refine none)
   database  OUT/database.db     COLMAP database: cameras, images, (refined) keypoints (+0.5 px), raw matches;
   verify                        two-view geometries by pycolmap, weak pairs removed
                                 (per-pair numbers in OUT/database.pairs.json)
@@ -43,7 +43,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .cli import EXIT_UNRELIABLE, add_extraction_arguments, extraction_config_from_args, given, run_cli
+from .cli import (EXIT_UNRELIABLE, add_extraction_arguments, add_refine_argument, extraction_config_from_args, given,
+                  refine_config_from_args, run_cli)
 from .executors import add_executor_arguments, executor_config_from_args
 from .reconstruction import MAPPERS
 
@@ -70,7 +71,7 @@ _EXPORTS = {
                                   "stability_warnings"),
     ".reconstruction.summary": ("ReconstructionSummary", "features_weights", "ground_truth_report",
                                 "model_statistics", "no_pairs_message", "pair_counts", "too_few_images_message"),
-    ".extractor": ("ExtractionConfig",),
+    ".configs": ("ExtractionConfig",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -97,7 +98,7 @@ def sample_scene(root: Path = SAMPLE_SCENE_DIR) -> tuple[Path, dict[str, pycolma
 
 
 # ----------------------------------------------------------------------------------------------
-# CLI (defaults: None here, the configs' own defaults filled in by config_from_args)
+# CLI (defaults: None where config_from_args fills in the configs' own)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,10 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--pairs-file", type=Path, help="use this pairs file (hloc format) instead")
     group.add_argument("--num-matched", type=int, help="retrieval: neighbours")
     group.add_argument("--window", type=int, help="sequential: neighbours")
-    group = parser.add_argument_group("keypoint refinement")
-    group.add_argument("--refine", help="featuremetric keypoint adjustment of matched keypoints before the "
-                                        "database (OUT/features-refined.h5): keypoints, or none (default: "
-                                        "d2_sfm.refine.RefineConfig's)")
+    add_refine_argument(parser.add_argument_group("keypoint refinement"), "matched keypoints before the database")
     group = parser.add_argument_group("mapping")
     group.add_argument("--mapper", choices=MAPPERS,
                        help="incremental (default): pycolmap's incremental mapper; global: GLOMAP's rotation "
@@ -133,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--import-d2net", action="store_true",
                         help="use the official <image>.d2-net feature files next to the images (converted once "
                              "into OUT/features.h5) instead of extracting features")
-    add_extraction_arguments(parser, with_defaults=False)
+    add_extraction_arguments(parser)
     add_executor_arguments(parser)
     colmap_db.add_camera_arguments(parser)
     colmap_db.add_verification_arguments(parser)
@@ -147,7 +145,7 @@ def config_from_args(args: argparse.Namespace) -> ReconstructionConfig:
     default = ReconstructionConfig()
     pairs_config = replace(default.pairs, mode="file" if args.pairs_file else args.pairs or default.pairs.mode,
                            **given(num_matched=args.num_matched, window=args.window))
-    refine = replace(default.refine, **given(mode=args.refine))
+    refine = refine_config_from_args(args)
     mapper = replace(default.mapper, refine_known_intrinsics=args.refine_known_intrinsics,
                      **given(method=args.mapper, num_threads=args.num_threads))
     return ReconstructionConfig(

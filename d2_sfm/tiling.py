@@ -91,7 +91,7 @@ def use_mkldnn(device: torch.device) -> bool:
 class DenseNetwork:
     """The dense-map function used for extraction: (1, 3, H, W) -> (1, C, H//4 - 1, W//4 - 1) float32.
 
-    `precision` (resolved, see extractor.PRECISIONS): fp32 on CPU keeps the activations in oneDNN's
+    `precision` (resolved, see configs.PRECISIONS): fp32 on CPU keeps the activations in oneDNN's
     blocked layout between layers (no re-ordering at every convolution; same kernels, hence the
     same numbers as a plain call) and on CUDA disables TF32, so GPU output matches CPU fp32 as
     closely as the hardware allows; bf16 (CPU) and fp16 (CUDA) autocast with channels-last
@@ -104,6 +104,11 @@ class DenseNetwork:
         self.model = model
         self.tile_size = tile_size
         self.precision = precision
+        if precision in ("bf16", "fp16"):
+            # Channels-last weights feed the channels-last autocast kernels without a re-order at every
+            # call (kermit 640 px on 2 cores: 0.58 -> 0.43 s, same values). The parameters are converted
+            # in place, so a later load_state_dict still reaches them.
+            model.to(memory_format=torch.channels_last)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         return dense_features_tiled(self.forward, image, self.tile_size)

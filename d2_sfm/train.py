@@ -18,11 +18,8 @@ import time
 from pathlib import Path
 
 from .cli import run_cli
-from .extractor import resolve_device
 from .locking import output_lock
-from .training.model_card import write_model_card
-from .training.network import TRAINABLE_LAYERS
-from .training.trainer import DATA_KINDS, TrainConfig, Trainer, export_weights
+from .training.config import DATA_KINDS, TRAIN_LAYERS, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +28,8 @@ def main(config: TrainConfig, resume: bool = False, card: bool = True) -> Path:
     """Train (or resume) and return the path of the last checkpoint. With `card`, also export
     the selected weights (best.pth if validation ran, else last.pth) to DIR/weights.pth and write
     DIR/model_card.md."""
+    from .extractor import resolve_device  # noqa: PLC0415  (torch: imported when a run starts)
+
     start = time.time()
     resolve_device(config.device)  # before the output folder is made
     Path(config.output).mkdir(parents=True, exist_ok=True)
@@ -39,6 +38,9 @@ def main(config: TrainConfig, resume: bool = False, card: bool = True) -> Path:
 
 
 def train_and_export(config: TrainConfig, resume: bool, card: bool, start: float) -> Path:
+    from .training.model_card import write_model_card  # noqa: PLC0415  (torch)
+    from .training.trainer import Trainer, export_weights  # noqa: PLC0415
+
     trainer = Trainer(config, resume=resume)
     last = trainer.run()
     if card:
@@ -58,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="folder for checkpoints and log.jsonl")
     parser.add_argument("--init", default=default.init, help="initial weights: a name (hed_vgg16, d2_ots, "
                         "d2_tf, ...) or a checkpoint path; ignored with --resume when DIR/last.pth exists")
-    parser.add_argument("--train-layers", choices=tuple(TRAINABLE_LAYERS), default=default.train_layers,
+    parser.add_argument("--train-layers", choices=TRAIN_LAYERS, default=default.train_layers,
                         help="conv layers to train (others frozen); official: conv4_3")
     parser.add_argument("--steps", type=int, default=default.steps, help="total optimizer steps")
     parser.add_argument("--lr", type=float, default=default.lr, help="Adam learning rate")
@@ -85,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--homography-share", type=float, default=default.homography_share)
     parser.add_argument("--stage2-step", type=int, default=default.stage2_step,
                         help="step at which stage 2 (--stage2-layers at lr * --stage2-lr-factor) starts; 0: never")
-    parser.add_argument("--stage2-layers", choices=tuple(TRAINABLE_LAYERS), default=default.stage2_layers)
+    parser.add_argument("--stage2-layers", choices=TRAIN_LAYERS, default=default.stage2_layers)
     parser.add_argument("--stage2-lr-factor", type=float, default=default.stage2_lr_factor)
     parser.add_argument("--grad-clip", type=float, default=default.grad_clip, help="max gradient norm; 0: off")
     parser.add_argument("--spread-weight", type=float, default=default.spread_weight)

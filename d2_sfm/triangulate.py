@@ -3,6 +3,7 @@
 python -m d2_sfm.triangulate --reference MODEL_DIR --images DIR --pairs PAIRS.txt
                              --features FEATURES.h5 --matches MATCHES.h5 --output OUT_DIR
                              [--verification poses|estimate|none] [--max-epipolar-error PX]
+                             [--refine none|keypoints] [--device cpu|cuda]
 
 As hloc's `triangulation.py` (used to build localization maps such as Aachen's from a reference
 model): the reference's cameras, rigs, frames and images are written to `OUT_DIR/database.db` with
@@ -15,6 +16,9 @@ stay as given. Verification modes:
 - estimate: pycolmap's RANSAC verification (ignores the poses);
 - none: every raw match counts as an inlier.
 Images of the reference without features are left without 3D points (a warning says how many).
+With `--refine keypoints` the matched keypoints are first refined along their tracks (as in
+`reconstruct`) into `OUT_DIR/features-refined.h5`, which is what gets triangulated; the input
+features file stays as it is.
 """
 from __future__ import annotations
 
@@ -29,8 +33,9 @@ from tqdm import tqdm
 
 from .colmap import pycolmap
 from .colmap_model import read_model
-from .cli import run_cli
+from .cli import add_refine_argument, refine_config_from_args, run_cli
 from .colmap_import import COLMAP_PIXEL_OFFSET, VerificationConfig, import_matches, verify
+from .configs import RefineConfig
 from .errors import D2SfmError, check_options
 from .h5io import (keypoint_uncertainty, list_h5_names, open_h5, read_image_size, read_keypoints,
                    stored_feature_id)
@@ -55,6 +60,7 @@ class TriangulationConfig:
     min_match_score: float | None = None  # drop raw matches scoring at or below this
     min_num_inliers: int = 15  # pairs with fewer verified matches are dropped (poses/none modes)
     num_threads: int = -1
+    refine: RefineConfig = RefineConfig()  # keypoints: OUT_DIR/features-refined.h5 is triangulated
 
     def __post_init__(self) -> None:
         if self.verification not in VERIFICATION_MODES:
@@ -150,9 +156,11 @@ def build_and_triangulate(model: pycolmap.Reconstruction, image_dir: Path, names
 
 def main(reference: pycolmap.Reconstruction | Path, image_dir: Path, pairs: Path, features: Path, matches: Path,
          output_dir: Path, config: TriangulationConfig = TriangulationConfig(),
-         mapper_options: pycolmap.IncrementalPipelineOptions | None = None) -> pycolmap.Reconstruction:
+         mapper_options: pycolmap.IncrementalPipelineOptions | None = None, device: str = "cpu"
+         ) -> pycolmap.Reconstruction:
     """Triangulate the matches of `pairs` with the fixed poses of `reference`; the model (with the
-    reference's cameras and poses, D2 keypoints as points2D) is written to `output_dir`."""
+    reference's cameras and poses, D2 keypoints as points2D) is written to `output_dir`. `device`:
+    where keypoint refinement runs (config.refine)."""
     start = time.time()
     if not Path(image_dir).is_dir():
         raise TriangulationError(f"image folder {image_dir} does not exist or is not a folder")
@@ -177,11 +185,24 @@ def main(reference: pycolmap.Reconstruction | Path, image_dir: Path, pairs: Path
         raise TriangulationError(f"no pair of {pairs} names two reference images that have features")
     output_dir.mkdir(parents=True, exist_ok=True)
     with output_lock(output_dir):
+        if config.refine.mode != "none":
+            features = refined_features(image_dir, features, matches, pair_list, output_dir, config.refine, device)
         triangulated = build_and_triangulate(model, image_dir, names, pair_list, features, matches, output_dir,
                                              config, mapper_options)
     logger.info("Triangulated %d points from %d images in %.1f s (model in %s)", triangulated.num_points3D(),
                 triangulated.num_reg_images(), time.time() - start, output_dir)
     return triangulated
+
+
+def refined_features(image_dir: Path, features: Path, matches: Path, pair_list: list[tuple[str, str]],
+                     output_dir: Path, refine: RefineConfig, device: str) -> Path:
+    """OUT_DIR/features-refined.h5: the keypoints of `features` refined along the tracks of the
+    pairs' matches (resumable: redone only when its inputs or settings change)."""
+    from .refinement.features_file import refine_features_file  # noqa: PLC0415  (torch)
+
+    output = output_dir / "features-refined.h5"
+    refine_features_file(image_dir, features, matches, pair_list, output, refine, device)
+    return output
 
 
 def check_image_sizes(model: pycolmap.Reconstruction, features: Path, names: set[str]) -> None:
@@ -209,15 +230,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verification", choices=VERIFICATION_MODES, default=default.verification)
     parser.add_argument("--max-epipolar-error", type=float, default=default.max_epipolar_error, help="px")
     parser.add_argument("--min-match-score", type=float, default=default.min_match_score)
+    add_refine_argument(parser, "matched keypoints before triangulation")
+    parser.add_argument("--device", default="cpu", help="torch device of the refinement, e.g. cpu or cuda")
     return parser
 
 
 def cli(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = TriangulationConfig(verification=args.verification, max_epipolar_error=args.max_epipolar_error,
-                                 min_match_score=args.min_match_score)
+                                 min_match_score=args.min_match_score, refine=refine_config_from_args(args))
     with colmap_log_to(args.output / "colmap.log"):
-        main(args.reference, args.images, args.pairs, args.features, args.matches, args.output, config)
+        main(args.reference, args.images, args.pairs, args.features, args.matches, args.output, config,
+             device=args.device)
     return 0
 
 

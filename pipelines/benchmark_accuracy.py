@@ -1,9 +1,10 @@
-"""Accuracy of D2 reconstructions with and without featuremetric keypoint refinement, beside
+"""Accuracy of D2 reconstructions and localization with and without keypoint refinement, beside
 pycolmap's SIFT pipeline, in one run.
 
   python pipelines/benchmark_accuracy.py --output /tmp/acc [--data ../shared/data] \
-      [--sets kermit,sceaux,sample,temple] [--refine none,keypoints] [--mappers incremental,global] \
-      [--skip-sift] [--device cpu]
+      [--sets kermit,sceaux,sample,temple,aachen,inloc] [--refine none,keypoints] \
+      [--mappers incremental,global] [--skip-sift] [--device cpu] \
+      [--synthetic-db 12] [--synthetic-queries 6] [--synthetic-size 640x480] [--synthetic-seed 0]
 
 Each D2 row is one whole `python -m d2_sfm.reconstruct ... --refine X --mapper M` process (wall
 time measured around it); SIFT rows come from pipelines/compare_sift.py (pycolmap extract_features,
@@ -13,6 +14,14 @@ to <= 1024 px into OUT/images/sceaux, never touching the data folder), the embed
 templeSparseRing (known intrinsics from templeSR_par.txt, rotation errors against its poses).
 Prints one Markdown table: registered views, points, mean reprojection error, rotation errors,
 wall time and the time the refine step took (with its share of the whole run).
+
+Sets aachen and inloc are the synthetic look-alikes of Aachen Day-Night v1.1 and InLoc
+(d2_sfm.datasets.synthetic, generated in OUT/<set>/dataset; --synthetic-* set their size and
+seed), localized by one whole `python -m d2_sfm.localize --refine X` process per mode (retrieval:
+the datasets' ground-truth covisibility pairs, 10 per query). A second table gives the median
+position and rotation errors, the recall at hloc's Aachen thresholds (0.25 m, 2 deg) / (0.5 m,
+5 deg) / (5 m, 10 deg) for both sets, and the time the refinement took (database keypoints before
+triangulation + query keypoints before PnP) against the whole run.
 """
 from __future__ import annotations
 
@@ -20,6 +29,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -36,7 +46,10 @@ from d2_sfm.cli import run_cli  # noqa: E402
 from d2_sfm.errors import D2SfmError  # noqa: E402
 
 logger = logging.getLogger("benchmark_accuracy")
-SETS = ("kermit", "sceaux", "sample", "temple")
+SETS = ("kermit", "sceaux", "sample", "temple", "aachen", "inloc")
+SYNTHETIC = {"aachen": "aachen_v1_1", "inloc": "inloc"}  # set -> synthetic layout (and localize --dataset)
+LOCALIZATION_THRESHOLDS = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))  # hloc's Aachen (m, deg)
+NUM_RETRIEVED = 10
 MAX_EDGE = 1024
 
 
@@ -136,13 +149,79 @@ HEADER = ("| set / pipeline | registered | points | mean reproj. err (px) | rot.
           "|---|---|---|---|---|---|---|---|---|")
 
 
+def run_localize(layout: str, root: Path, output: Path, refine: str, device: str, cwd: Path) -> dict[str, object]:
+    """One whole localize process from scratch; its summary.json plus the wall time."""
+    shutil.rmtree(output, ignore_errors=True)
+    pairs = next((root / "pairs").glob("pairs-query-gt-covis*.txt"))
+    command = [sys.executable, "-m", "d2_sfm.localize", "--dataset", layout, "--root", str(root), "--output",
+               str(output), "--pairs", str(pairs), "--num-retrieved", str(NUM_RETRIEVED), "--max-edge",
+               str(MAX_EDGE), "--refine", refine, "--device", device]
+    start = time.time()
+    result = subprocess.run(command, cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                            text=True)
+    wall = time.time() - start
+    (output.parent / f"{output.name}.log").write_text(result.stdout + result.stderr)
+    if result.returncode != 0 or not (output / "summary.json").is_file():
+        tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        logger.warning("localize failed (exit %d) for %s: %s", result.returncode, output, tail)
+        return {"wall": wall, "failed": tail}
+    return {**json.loads((output / "summary.json").read_text()), "wall": wall}
+
+
+def localization_row(label: str, data: dict[str, object]) -> str:
+    if "failed" in data:
+        return f"| {label} | failed: {data['failed']} |" + " |" * 5
+    errors = np.array([[e["position"], e["rotation_deg"]] for e in data["evaluation"]["errors"].values()], float)
+    errors = np.nan_to_num(errors, nan=np.inf)  # a query without an estimate misses every threshold
+    recall = [100 * np.mean((errors[:, 0] <= m) & (errors[:, 1] <= d)) for m, d in LOCALIZATION_THRESHOLDS]
+    timings = data["timings_s"]
+    refine = timings.get("refine_db", 0.0) + timings.get("refine_queries", 0.0)
+    refine_cell = (f"{refine:.1f} ({timings.get('refine_db', 0.0):.1f} + {timings.get('refine_queries', 0.0):.1f}; "
+                   f"{100 * refine / data['wall']:.0f}% of wall)" if "refine_queries" in timings else "-")
+    method = data["settings"]["refine"].get("method")  # the refine step's method, when it has several
+    label += f" ({method})" if method and data["settings"]["refine"]["mode"] != "none" else ""
+    cells = [label, f"{data['num_localized']}/{data['num_queries']}",
+             f"{np.median(errors[:, 0]):.4f} / {np.median(errors[:, 1]):.3f}",
+             " / ".join(f"{r:.0f}" for r in recall), refine_cell, f"{data['wall']:.1f}"]
+    return "| " + " | ".join(cells) + " |"
+
+
+LOCALIZATION_HEADER = (
+    "| synthetic set / pipeline | localized | median error (m / deg) | recall % (0.25 m, 2 deg) / (0.5 m, 5 deg) / "
+    "(5 m, 10 deg) | refine (s: db + queries; share of wall) | wall (s) |\n|---|---|---|---|---|---|")
+
+
+def localization_rows(name: str, output: Path, refines: list[str], device: str, num_db: int, num_queries: int,
+                      size: tuple[int, int], seed: int, results: dict[str, object]) -> list[str]:
+    """The synthetic dataset of a set (made once), localized once per refine mode."""
+    from d2_sfm.datasets import synthetic
+
+    layout, cwd = SYNTHETIC[name], output / name
+    root = cwd / "dataset"
+    synthetic.main(layout, root, seed, num_db, num_queries, overwrite=True, image_size=size)  # as asked, always
+    rows = []
+    for refine in refines:
+        label = f"{name} ({layout}, {num_db} db, {num_queries} queries, seed {seed}) D2 refine={refine}"
+        logger.info("%s", label)
+        results[label] = run_localize(layout, root, cwd / f"d2_{refine}", refine, device, cwd)
+        rows.append(localization_row(label, results[label]))
+    return rows
+
+
 def main(output: Path, data: Path, sets: list[str], refines: list[str], mappers: list[str], sift: bool,
-         device: str) -> list[str]:
-    if not (data / "sfm").is_dir():
+         device: str, synthetic: tuple[int, int, tuple[int, int], int] = (12, 6, (640, 480), 0)
+         ) -> tuple[list[str], list[str]]:
+    unknown = [name for name in sets if name not in SETS]
+    if unknown:
+        raise D2SfmError(f"unknown set(s) {', '.join(unknown)}: expected some of {', '.join(SETS)}")
+    if any(name not in SYNTHETIC for name in sets) and not (data / "sfm").is_dir():
         raise D2SfmError(f"real data folder {data / 'sfm'} does not exist")
     output.mkdir(parents=True, exist_ok=True)
-    rows, results = [], {}
+    rows, localization, results = [], [], {}
     for name in sets:
+        if name in SYNTHETIC:
+            localization += localization_rows(name, output, refines, device, *synthetic, results)
+            continue
         images, extra = prepare(name, data, output)
         cwd = output / name
         cwd.mkdir(parents=True, exist_ok=True)
@@ -161,7 +240,7 @@ def main(output: Path, data: Path, sets: list[str], refines: list[str], mappers:
             results[label] = run_sift(images, extra, cwd / "sift", cwd)
             rows.append(row(label, results[label], None))
     (output / "accuracy.json").write_text(json.dumps(results, indent=1, default=str))
-    return rows
+    return rows, localization
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,15 +252,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mappers", default="incremental", help="incremental and/or global (comma-separated)")
     parser.add_argument("--skip-sift", action="store_true")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--synthetic-db", type=int, default=12, help="aachen/inloc: database images (InLoc: "
+                                                                       "rounded up to whole scans of 6 cutouts)")
+    parser.add_argument("--synthetic-queries", type=int, default=6, help="aachen/inloc: queries")
+    parser.add_argument("--synthetic-size", default="640x480", help="aachen/inloc: image size WxH")
+    parser.add_argument("--synthetic-seed", type=int, default=0, help="aachen/inloc: the datasets' seed")
     return parser
 
 
 def cli(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    rows = main(args.output.resolve(), args.data.resolve(), args.sets.split(","), args.refine.split(","),
-                args.mappers.split(","), not args.skip_sift, args.device)
-    print(HEADER)
-    print("\n".join(rows))
+    try:
+        size = tuple(int(v) for v in args.synthetic_size.lower().split("x"))
+    except ValueError:
+        size = ()
+    if len(size) != 2:
+        raise D2SfmError(f"--synthetic-size must be WxH, e.g. 640x480, got {args.synthetic_size!r}")
+    rows, localization = main(args.output.resolve(), args.data.resolve(), args.sets.split(","),
+                              args.refine.split(","), args.mappers.split(","), not args.skip_sift, args.device,
+                              (args.synthetic_db, args.synthetic_queries, size, args.synthetic_seed))
+    if rows:
+        print(HEADER)
+        print("\n".join(rows))
+    if localization:
+        print(LOCALIZATION_HEADER)
+        print("\n".join(localization))
     return 0
 
 

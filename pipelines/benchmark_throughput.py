@@ -4,7 +4,7 @@
       [--weights hed_vgg16] [--count 40] [--workers 4] [--tile-size 0]
 
 Images are decoded and resized in `--workers` background threads while the network runs. For
-single and multi-scale it times the numeric variants of `--precision` (d2_sfm.extractor.PRECISIONS)
+single and multi-scale it times the numeric variants of `--precision` (d2_sfm.configs.PRECISIONS)
 over the same `--count` images (cycling through the folder), after one warm-up image: on a GPU
 fp32 (TF32 off), tf32 and fp16 (autocast, channels-last); on a CPU fp32 (oneDNN) and bf16
 (autocast, channels-last). For the non-fp32 variants it reports the share of fp32 keypoints found

@@ -76,6 +76,9 @@ def test_levels_too_small_for_the_network_are_skipped():
     keypoints = extract_keypoints(peak_network, torch.zeros(1, 3, 8, 8), scales=(0.5, 1.0))
     assert keypoints.xy.tolist() == [[1.5, 1.5]]  # only the 1 x 1 map of scale 1 ran
     assert keypoints.scales.tolist() == [1.0]
+    # the score is divided by the levels actually summed (one), as without the skipped level
+    single = extract_keypoints(peak_network, torch.zeros(1, 3, 8, 8), scales=(1.0,))
+    assert keypoints.scores.tolist() == single.scores.tolist() == [pytest.approx(100.0 - 0.1 ** 2 - 0.15 ** 2)]
     empty = extract_keypoints(peak_network, torch.zeros(1, 3, 7, 7))
     assert len(empty.xy) == 0 and empty.descriptors.shape == (0, EMPTY_CHANNELS)
 

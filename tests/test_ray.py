@@ -8,6 +8,7 @@ RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (which keeps 127.0.0.1) makes `ray start` re
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import re
@@ -16,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -33,7 +35,8 @@ os.environ["RAY_AUTH_MODE"] = "disabled"
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
 
 from d2_sfm import extract, match  # noqa: E402
-from d2_sfm.executors import ExecutorConfig, disconnect, map_unordered  # noqa: E402
+from d2_sfm.distributed.tasks import weights_file  # noqa: E402
+from d2_sfm.executors import ExecutorConfig, disconnect, map_unordered, ray_session  # noqa: E402
 from d2_sfm.extractor import ExtractionConfig  # noqa: E402
 
 HOST = "127.0.0.2"
@@ -253,6 +256,21 @@ def test_map_unordered_gives_every_result_once_with_a_bounded_window(ray_address
         assert len(consumed) <= len(results) + 2  # items are read lazily: at most 2 tasks pending
     assert sorted(results) == [x * x + 1 for x in range(12)]
     assert list(map_unordered(ExecutorConfig(), lambda offset, x: x + offset, [3, 1, 2], args=(10,))) == [13, 11, 12]
+
+
+def test_a_planted_worker_checkpoint_is_replaced_never_loaded(ray_address, tmp_path, monkeypatch):
+    """Workers cache the driver's checkpoint by its sha256 name: a file already there under that name
+    is hashed again, and replaced from the object store when its bytes differ."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    data = b"the driver's checkpoint bytes"
+    sha256 = hashlib.sha256(data).hexdigest()
+    folder = tmp_path / f"d2_sfm_ray_weights-{os.getuid()}"
+    folder.mkdir()
+    (folder / f"{sha256}.pth").write_bytes(b"planted")
+    ray_session(ExecutorConfig("ray", ray_address))
+    path = weights_file(sha256, [ray.put(data)])
+    assert path == folder / f"{sha256}.pth" and path.read_bytes() == data
+    assert weights_file(sha256, [None]) == path  # the genuine file is reused: nothing fetched
 
 
 def test_cluster_lost_mid_run_is_one_error_line_and_the_run_resumes(image_dir, local_run, tmp_path):

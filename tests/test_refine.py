@@ -1,5 +1,6 @@
-"""Featuremetric keypoint adjustment: real images (a textured scene and shifted copies of it),
-real HDF5 features/matches files, the real D2 backbone (hed_vgg16)."""
+"""Keypoint adjustment through the refine step, both methods: real images (a textured scene and
+shifted copies of it), real HDF5 features/matches files; method features uses the real D2
+backbone (hed_vgg16). The photometric method's own geometry: tests/test_refine_patches.py."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from d2_sfm import refine
+from d2_sfm.refinement.features_file import RefineSummary
 from d2_sfm.cli import run_cli
 from d2_sfm.h5io import atomic_h5, read_keypoints, write_features, write_matches
 from d2_sfm.refinement import build_tracks
@@ -67,9 +69,10 @@ def write_scene(root: Path, perturb: float = 1.0, seed: int = 1, outlier: bool =
     return truth
 
 
-def run(root: Path, output: str = "refined.h5", **config) -> refine.RefineSummary:
+def run(root: Path, output: str = "refined.h5", **config) -> RefineSummary:
+    config.setdefault("weights", "hed_vgg16")
     return refine.main(root / "images", root / "features.h5", root / "matches.h5", root / "pairs.txt",
-                       root / output, refine.RefineConfig(mode="keypoints", weights="hed_vgg16", **config))
+                       root / output, refine.RefineConfig(mode="keypoints", **config))
 
 
 def errors(path: Path, truth: dict[str, np.ndarray]) -> np.ndarray:
@@ -94,10 +97,11 @@ def test_tracks_hold_one_keypoint_per_image_and_the_best_root():
         assert tracks.root[t] in members
 
 
-def test_refinement_recovers_known_subpixel_shifts(tmp_path):
+@pytest.mark.parametrize("method", ["patches", "features"])
+def test_refinement_recovers_known_subpixel_shifts(tmp_path, method):
     truth = write_scene(tmp_path, perturb=1.5)
     before = errors(tmp_path / "features.h5", truth)
-    summary = run(tmp_path)
+    summary = run(tmp_path, method=method)
     after = errors(tmp_path / "refined.h5", truth)
     assert summary.num_tracks == len(grid_points()) and summary.keypoints_moved == 2 * len(grid_points())
     assert np.median(before) > 0.8
@@ -105,14 +109,17 @@ def test_refinement_recovers_known_subpixel_shifts(tmp_path):
     assert np.mean(after < 0.5) > 0.9
 
 
-def test_outlier_observation_stays_within_the_bound(tmp_path):
+@pytest.mark.parametrize("method", ["patches", "features"])
+def test_outlier_observation_stays_within_the_bound(tmp_path, method):
     truth = write_scene(tmp_path, perturb=0.5, outlier=True)
-    config = {"layers": ("conv2_2",), "bounds": (1.5,)}
-    run(tmp_path, **config)
-    stride = 2
+    if method == "features":
+        config, bound = {"layers": ("conv2_2",), "bounds": (1.5,)}, 1.5 * 2  # cells of stride 2
+    else:
+        config, bound = {"patch": refine.PatchConfig(bound=3.0)}, 3.0  # pixels (no resizing here)
+    run(tmp_path, method=method, **config)
     start = read_keypoints(tmp_path / "features.h5", "c.png")
     moved = np.abs(read_keypoints(tmp_path / "refined.h5", "c.png") - start)
-    assert moved.max() <= 1.5 * stride + 1e-3
+    assert moved.max() <= bound + 1e-3
     good = np.concatenate([np.linalg.norm(read_keypoints(tmp_path / "refined.h5", n) - truth[n], axis=1)
                            for n in ("a.png", "b.png")])
     assert np.median(good) < 0.3  # the consistent observations still align
@@ -120,15 +127,19 @@ def test_outlier_observation_stays_within_the_bound(tmp_path):
 
 def test_resume_redoes_only_when_inputs_change(tmp_path):
     write_scene(tmp_path, perturb=1.0)
-    first = run(tmp_path, layers=("conv1_2",), bounds=(2.0,))
+    first = run(tmp_path)
     assert sorted(first.written) == sorted(SHIFTS)
-    again = run(tmp_path, layers=("conv1_2",), bounds=(2.0,))
+    again = run(tmp_path)
     assert again.written == [] and sorted(again.skipped_existing) == sorted(SHIFTS)
     with atomic_h5(tmp_path / "features.h5") as f:  # b's features change (same count)
         keypoints = f["b.png"]["keypoints"][()] + 0.25
         write_features(f, "b.png", keypoints, np.ones((len(keypoints), 8)), np.ones(len(keypoints)), SIZE)
-    changed = run(tmp_path, layers=("conv1_2",), bounds=(2.0,))
+    changed = run(tmp_path)
     assert "b.png" in changed.written
+    other_method = run(tmp_path, method="features", layers=("conv1_2",), bounds=(2.0,))
+    assert sorted(other_method.written) == sorted(SHIFTS)
+    other_patch = run(tmp_path, patch=refine.PatchConfig(size=13))
+    assert sorted(other_patch.written) == sorted(SHIFTS)
 
 
 @pytest.mark.parametrize("problem", ["missing matches", "unknown image"])

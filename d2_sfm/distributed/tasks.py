@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..extractor import D2Extractor, ExtractionConfig, Features
+from ..fingerprint import file_sha256
 from ..images import ImageError, decode_image_bytes
 from ..matching import MatcherConfig, match_descriptors
 from ..weights import WeightsError, WeightsInfo
@@ -53,17 +54,21 @@ _EXTRACTORS: dict[tuple[str, ExtractionConfig, str], D2Extractor] = {}
 
 def weights_file(sha256: str, weights_box: list[Any]) -> Path:
     """The checkpoint in this machine's temp folder, named by its hash; fetched from the object
-    store (weights_box[0]: an ObjectRef to the file's bytes) only when not there already."""
-    folder = Path(tempfile.gettempdir()) / "d2_sfm_ray_weights"
+    store (weights_box[0]: an ObjectRef to the file's bytes) unless a file there already has that
+    hash. The folder is this user's alone, and a cached file is hashed again before it is trusted:
+    a file planted or damaged under that name is replaced, never loaded."""
+    folder = Path(tempfile.gettempdir()) / f"d2_sfm_ray_weights-{os.getuid()}"
     path = folder / f"{sha256}.pth"
-    if path.is_file():
+    if path.is_file() and file_sha256(path) == sha256:
         return path
     import ray  # noqa: PLC0415  (only ever imported inside a Ray worker)
 
     data = ray.get(weights_box[0])
     if hashlib.sha256(data).hexdigest() != sha256:
         raise WeightsError(f"weights sent to the Ray worker do not have sha256 {sha256} (corrupted in transit)")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if folder.stat().st_uid != os.getuid():
+        raise WeightsError(f"{folder} belongs to another user: not used for checkpoints")
     with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as tmp:
         tmp.write(data)
     os.replace(tmp.name, path)  # atomic: concurrent workers on one machine never read a half file

@@ -18,6 +18,8 @@ Steps (each with a `main()`):
 - `pose_from_model`: 2D-3D matches through a triangulated model (Aachen; like hloc localize_sfm).
 - `pose_from_cutouts`: 2D-3D matches through the cutouts' per-pixel `XYZcut` scans (InLoc; like
   hloc localize_inloc).
+- `query_refinement`: query keypoint adjustment before PnP (`--refine keypoints`): each
+  correspondence's query keypoint aligned to the dense features of its database observation.
 - `evaluate`: share of queries within the benchmark's (position, rotation) thresholds.
 - `inputs`: content digests of dataset files and images (cached FileStamps), so a resume
   redoes exactly the model or the queries whose inputs changed.

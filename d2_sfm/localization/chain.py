@@ -18,6 +18,7 @@ from . import LocalizationError, evaluate
 from .config import STEP_STAMP, LocalizationConfig, RunPaths, Workers, results_path
 from .estimation import QueryLog, Timer, results_name
 from .inputs import StampCache
+from .query_refinement import QueryRefiner
 from .results import write_results, write_summary
 from .retrieval import global_retrieval, write_retrieval
 from .scenes import Scene
@@ -84,9 +85,14 @@ def run(scene: Scene, dataset: str, root: Path, paths: RunPaths, pairs: Path | N
                 "sfm": file_fingerprint(paths.sfm / STEP_STAMP) if (paths.sfm / STEP_STAMP).exists() else None}
     inputs = {name: scene.query_inputs(name, retrieval.get(name, []), stamps) for name in scene.queries}
     stamps.save()
+    refiner = (QueryRefiner.for_run(scene.image_dir, config.refine, extractor.model, extractor.device)
+               if config.refine.mode != "none" else None)
     with timer("localize"):
         log = QueryLog(paths.pose_log, settings, inputs)
-        results = scene.localize(paths, retrieval, config, log, workers)
+        results = scene.localize(paths, retrieval, config, log, workers, refiner)
+    if refiner is not None:
+        refiner.log()
+        timer.seconds["refine_queries"] = round(refiner.seconds, 3)  # part of "localize"
     results_file = write_results(results_path(paths.output, preset, config, pairs, k), scene, results, retrieval)
 
     report = None

@@ -1,7 +1,6 @@
 """Settings of a localization run: dataset presets, the run's config, the files it writes.
 
-Imports neither torch nor pycolmap (the extraction, matcher and retrieval settings are made on
-first use), so that `python -m d2_sfm.localize --help`, argument errors and a missing dataset
+Imports neither torch nor pycolmap (the retrieval settings are made on first use), so that `python -m d2_sfm.localize --help`, argument errors and a missing dataset
 answer at once.
 """
 from __future__ import annotations
@@ -11,14 +10,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..configs import ExtractionConfig, MatcherConfig, RefineConfig
 from ..datasets import DatasetError
 from ..errors import check_options
 from ..executors import ExecutorConfig
 
 if TYPE_CHECKING:
     from ..colmap import pycolmap
-    from ..extractor import ExtractionConfig
-    from ..matching import MatcherConfig
     from ..pairs import PairsConfig
 
 
@@ -51,18 +49,6 @@ DATASET_SOURCES = {
 }
 
 
-def default_extraction() -> ExtractionConfig:
-    from ..extractor import ExtractionConfig  # torch: imported when a run is configured
-
-    return ExtractionConfig()
-
-
-def default_matcher() -> MatcherConfig:
-    from ..matching import MatcherConfig  # torch: imported when a run is configured
-
-    return MatcherConfig()
-
-
 def default_retrieval() -> PairsConfig:
     from ..pairs import PairsConfig  # torch: imported when a run is configured
 
@@ -78,10 +64,13 @@ class LocalizationConfig:
     covisibility_clustering: bool = False  # Aachen: one pose per cluster of covisible db images
     ransac_max_error: float | None = None  # px; None: the dataset's default, scaled to the query size
     min_cutout_matches: int = 20  # InLoc: skip cutouts with fewer matches (hloc skip_matches)
-    extraction: ExtractionConfig = field(default_factory=default_extraction)
-    matcher: MatcherConfig = field(default_factory=default_matcher)
+    extraction: ExtractionConfig = ExtractionConfig()
+    matcher: MatcherConfig = MatcherConfig()
     # GeM retrieval settings (image size, pooling); the number of neighbours is num_retrieved
     retrieval: PairsConfig = field(default_factory=default_retrieval)
+    # keypoint refinement (mode none: off): the database keypoints before triangulation
+    # (Aachen, kapture) and each correspondence's query keypoint before PnP (every dataset)
+    refine: RefineConfig = RefineConfig()
 
     def __post_init__(self) -> None:
         check_options("localization", num_retrieved=self.num_retrieved is not None and self.num_retrieved < 1,
@@ -89,7 +78,8 @@ class LocalizationConfig:
                       ransac_max_error=self.ransac_max_error is not None and not self.ransac_max_error > 0)
 
     def as_dict(self) -> dict[str, object]:
-        return json.loads(json.dumps(asdict(self), default=str))
+        """Every setting of the results (the refine step's performance-only options left out)."""
+        return json.loads(json.dumps({**asdict(self), "refine": self.refine.settings()}, default=str))
 
 
 def ransac_threshold(preset: DatasetPreset, config: LocalizationConfig, camera: pycolmap.Camera) -> float:
@@ -119,6 +109,7 @@ class RunPaths:
         self.global_features = self.output / "global-features.h5"
         self.db_pairs = self.output / "pairs-db-covis.txt"
         self.db_matches = self.output / "matches-db.h5"
+        self.db_refined_features = self.output / "features-db-refined.h5"  # --refine keypoints: triangulated
         self.sfm = self.output / "sfm_d2"
         self.query_pairs = self.output / "pairs-query.txt"
         self.query_matches = self.output / "matches-query.h5"

@@ -247,6 +247,15 @@ def solve_query(problem: QueryProblem) -> QueryResult:
     return best
 
 
+class KeypointRefiner(Protocol):
+    """Query keypoint adjustment (e.g. `query_refinement.QueryRefiner`): refined query keypoints
+    (M, 2) for query keypoints (M, 2) and, per row, the database image and keypoint (M, 2) of
+    the observation it is matched to; keypoints in HDF5 pixels (integer = pixel centre)."""
+
+    def __call__(self, query: str, query_keypoints: np.ndarray, db_names: list[str],
+                 db_keypoints: np.ndarray) -> np.ndarray: ...
+
+
 class QueryLocalizer(Protocol):
     def problem(self, name: str, camera: pycolmap.Camera, retrieved: list[str]) -> QueryProblem: ...
 

@@ -9,7 +9,8 @@ meets a NaN, as hloc), mapped to the world and given to pycolmap with the query 
 Pixel conventions: HDF5 keypoints have integer = pixel centre, so keypoint (x, y) lies on
 XYZcut[y, x] when the scan has the image's resolution (otherwise it is scaled exactly: (kp + 0.5)
 * s - 0.5). Query keypoints get +0.5 for the COLMAP camera. (hloc leaves out that +0.5 and uses
-cx = W/2, a half-pixel shift; this step does not.)
+cx = W/2, a half-pixel shift; this step does not.) With a `refiner` (`--refine keypoints`), each
+correspondence's query keypoint is first aligned to its cutout keypoint.
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ import numpy as np
 from ..colmap import pycolmap
 from ..executors import ExecutorConfig
 from ..h5io import H5File, open_h5, read_image_size, read_keypoints, read_matches
-from .estimation import (PoseCandidate, PoseEstimationConfig, QueryLog, QueryProblem, QueryResult, colmap_points,
-                         localize_queries)
+from .estimation import (KeypointRefiner, PoseCandidate, PoseEstimationConfig, QueryLog, QueryProblem, QueryResult,
+                         colmap_points, localize_queries)
 
 logger = logging.getLogger(__name__)
 
@@ -70,16 +71,19 @@ def sample_points(xyz: np.ndarray, keypoints: np.ndarray, image_size: tuple[int,
 
 class CutoutLocalizer:
     def __init__(self, cutout_points: CutoutPoints, features: H5File, matches: H5File,
-                 config: CutoutLocalizationConfig):
+                 config: CutoutLocalizationConfig, refiner: KeypointRefiner | None = None):
         self.cutout_points = cutout_points
+        self.refiner = refiner
         self.features = features
         self.matches = matches
         self.config = config
         self.skipped: dict[str, str] = {}  # cutouts of the current query left out, and why
 
-    def correspondences(self, query: str, db_names: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """Query keypoint indices (M,) and world points (M, 3) over all retrieved cutouts."""
-        indices, points, used = [], [], []
+    def correspondences(self, query: str, db_names: list[str]
+                        ) -> tuple[np.ndarray, np.ndarray, list[str], list[str], np.ndarray]:
+        """Query keypoint indices (M,), world points (M, 3), the cutouts used and, per row, the
+        cutout (M,) and cutout keypoint (M, 2) it was matched to, over all retrieved cutouts."""
+        indices, points, used, db_keypoints = [], [], [], []
         for db_name in db_names:
             pairs, _ = read_matches(self.matches, query, db_name)
             if len(pairs) < self.config.min_matches:
@@ -96,16 +100,18 @@ class CutoutLocalizer:
                 indices.append(pairs[valid, 0])
                 points.append(xyz[valid])
                 used.append(db_name)
+                db_keypoints.append(keypoints[pairs[valid, 1]])
         if not indices:
-            return np.zeros(0, np.int64), np.zeros((0, 3)), used
-        return np.concatenate(indices), np.concatenate(points), used
+            return np.zeros(0, np.int64), np.zeros((0, 3)), used, [], np.zeros((0, 2), np.float32)
+        db_of_row = [name for name, kp in zip(used, db_keypoints) for _ in range(len(kp))]
+        return np.concatenate(indices), np.concatenate(points), used, db_of_row, np.concatenate(db_keypoints)
 
     def problem(self, query: str, camera: pycolmap.Camera, db_names: list[str]) -> QueryProblem:
         """The 2D-3D matches of the query through the XYZcut of its retrieved cutouts."""
         start = time.time()
         keypoints = read_keypoints(self.features, query)
         self.skipped = {}
-        kp_idx, points3D, used = self.correspondences(query, db_names)
+        kp_idx, points3D, used, db_of_row, db_keypoints = self.correspondences(query, db_names)
         result = QueryResult(query, num_correspondences=len(kp_idx), num_retrieved=len(db_names), db_used=used,
                              skipped_db=dict(self.skipped))
         if not db_names:
@@ -113,7 +119,10 @@ class CutoutLocalizer:
         elif len(kp_idx) == 0:
             result.failure = (f"no cutout has {self.config.min_matches} matches with valid 3D "
                               "(XYZcut) at the matched keypoints")
-        candidate = PoseCandidate(result, colmap_points(keypoints[kp_idx]), points3D,
+        points2D = keypoints[kp_idx]
+        if self.refiner is not None and len(kp_idx):
+            points2D = self.refiner(query, points2D, db_of_row, db_keypoints)
+        candidate = PoseCandidate(result, colmap_points(points2D), points3D,
                                   no_pose=f"no pose from {len(kp_idx)} 2D-3D matches")
         return QueryProblem(camera, self.config.estimation, [candidate], len(db_names), time.time() - start)
 
@@ -121,9 +130,10 @@ class CutoutLocalizer:
 def main(queries: dict[str, pycolmap.Camera], retrieval: dict[str, list[str]], features: Path,
          matches: Path, cutout_points: CutoutPoints,
          config: CutoutLocalizationConfig = CutoutLocalizationConfig(), log: QueryLog | None = None,
-         executor: ExecutorConfig | None = None) -> list[QueryResult]:
-    """Localize every query (name -> camera) against its retrieved cutouts (resumable via `log`)."""
+         executor: ExecutorConfig | None = None, refiner: KeypointRefiner | None = None) -> list[QueryResult]:
+    """Localize every query (name -> camera) against its retrieved cutouts (resumable via `log`);
+    `refiner`: query keypoint adjustment before PnP (None: the keypoints as they are)."""
     with (open_h5(features, "features file") as features_file,
           open_h5(matches, "matches file") as matches_file):
-        localizer = CutoutLocalizer(cutout_points, features_file, matches_file, config)
+        localizer = CutoutLocalizer(cutout_points, features_file, matches_file, config, refiner)
         return localize_queries(localizer, queries, retrieval, log, executor)

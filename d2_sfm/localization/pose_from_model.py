@@ -8,7 +8,9 @@ pose is estimated per group and the one with the most inliers wins (hloc's optio
 D2-Net numbers).
 
 The model's 2D points must be the features file's keypoints in the same order (+0.5, COLMAP's
-convention), which is how `d2_sfm.triangulate` builds it; this is checked per image.
+convention, possibly refined), which is how `d2_sfm.triangulate` builds it; the counts are checked
+per image. With a `refiner` (`--refine keypoints`), each correspondence's query keypoint is aligned
+to its database observation (the model's 2D point) before PnP.
 """
 from __future__ import annotations
 
@@ -23,8 +25,8 @@ from ..colmap import pycolmap
 from ..executors import ExecutorConfig
 from ..h5io import H5File, open_h5, read_keypoints, read_matches
 from . import LocalizationError
-from .estimation import (PoseCandidate, PoseEstimationConfig, QueryLog, QueryProblem, QueryResult, colmap_points,
-                         localize_queries)
+from .estimation import (KeypointRefiner, PoseCandidate, PoseEstimationConfig, QueryLog, QueryProblem, QueryResult,
+                         colmap_points, localize_queries)
 from .model import ModelIndex, covisibility_clusters, load_model
 
 logger = logging.getLogger(__name__)
@@ -40,8 +42,9 @@ class ModelLocalizer:
     """Holds the model, features and matches open while localizing many queries."""
 
     def __init__(self, reconstruction: pycolmap.Reconstruction, features: H5File, matches: H5File,
-                 config: ModelLocalizationConfig):
+                 config: ModelLocalizationConfig, refiner: KeypointRefiner | None = None):
         self.index = ModelIndex(reconstruction)
+        self.refiner = refiner
         self.reconstruction = reconstruction
         self.features = features
         self.matches = matches
@@ -62,8 +65,10 @@ class ModelLocalizer:
             self._checked.add(image_id)
         return ids
 
-    def correspondences(self, query: str, db_names: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """Unique (query keypoint index, 3D point id) rows and the db images that contributed."""
+    def correspondences(self, query: str, db_names: list[str]) -> tuple[np.ndarray, list[str]]:
+        """Rows (query keypoint index, 3D point id, index into the used db images, db keypoint
+        index), unique and sorted by (query keypoint, 3D point), the first db observation kept;
+        and the db images that contributed."""
         rows, used = [], []
         for db_name in db_names:
             point3D_ids = self.db_point3D_ids(db_name)
@@ -73,23 +78,37 @@ class ModelLocalizer:
             lifted = point3D_ids[pairs[:, 1]]
             keep = lifted >= 0
             if keep.any():
-                rows.append(np.stack([pairs[keep, 0], lifted[keep]], axis=1))
+                rows.append(np.stack([pairs[keep, 0], lifted[keep], np.full(keep.sum(), len(used)), pairs[keep, 1]],
+                                     axis=1))
                 used.append(db_name)
         if not rows:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64), used
-        unique = np.unique(np.concatenate(rows), axis=0)
-        return unique[:, 0], unique[:, 1], used
+            return np.zeros((0, 4), np.int64), used
+        stacked = np.concatenate(rows)
+        _, first = np.unique(stacked[:, :2], axis=0, return_index=True)
+        return stacked[first], used
 
     def candidate(self, query: str, keypoints: np.ndarray, db_names: list[str]) -> PoseCandidate:
         """The 2D-3D matches of the query through the model points seen by `db_names`."""
-        kp_idx, point3D_ids, used = self.correspondences(query, db_names)
-        result = QueryResult(query, num_correspondences=len(kp_idx), num_retrieved=len(db_names), db_used=used)
-        if len(kp_idx) == 0:
+        rows, used = self.correspondences(query, db_names)
+        result = QueryResult(query, num_correspondences=len(rows), num_retrieved=len(db_names), db_used=used)
+        if len(rows) == 0:
             result.failure = "no match of the query reaches a 3D point of the model"
             return PoseCandidate(result, np.zeros((0, 2)), np.zeros((0, 3)))
-        points3D = np.array([self.reconstruction.point3D(int(i)).xyz for i in point3D_ids])
-        return PoseCandidate(result, colmap_points(keypoints[kp_idx]), points3D,
-                             no_pose=f"no pose from {len(kp_idx)} 2D-3D matches")
+        points3D = np.array([self.reconstruction.point3D(int(i)).xyz for i in rows[:, 1]])
+        points2D = keypoints[rows[:, 0]]
+        if self.refiner is not None:
+            db_keypoints = np.zeros((len(rows), 2))
+            for i, db_name in enumerate(used):
+                mine = rows[:, 2] == i
+                db_keypoints[mine] = self.db_keypoints(db_name, rows[mine, 3])
+            points2D = self.refiner(query, points2D, [used[i] for i in rows[:, 2]], db_keypoints)
+        return PoseCandidate(result, colmap_points(points2D), points3D,
+                             no_pose=f"no pose from {len(rows)} 2D-3D matches")
+
+    def db_keypoints(self, db_name: str, indices: np.ndarray) -> np.ndarray:
+        """The model's 2D points `indices` of a db image, in keypoint pixels (integer = pixel centre)."""
+        points2D = self.reconstruction.image(self.index.image_ids[db_name]).points2D
+        return np.array([points2D[int(i)].xy for i in indices], np.float64).reshape(-1, 2) - 0.5
 
     def problem(self, query: str, camera: pycolmap.Camera, db_names: list[str]) -> QueryProblem:
         """One candidate for all retrieved images, or one per covisibility cluster of them."""
@@ -107,13 +126,14 @@ class ModelLocalizer:
 def main(reference: Path | pycolmap.Reconstruction, queries: dict[str, pycolmap.Camera],
          retrieval: dict[str, list[str]], features: Path, matches: Path,
          config: ModelLocalizationConfig = ModelLocalizationConfig(), log: QueryLog | None = None,
-         executor: ExecutorConfig | None = None) -> list[QueryResult]:
+         executor: ExecutorConfig | None = None, refiner: KeypointRefiner | None = None) -> list[QueryResult]:
     """Localize every query of `queries` (name -> camera) against its retrieved db images.
 
-    Queries already in `log` are not estimated again; new results are appended to it.
+    Queries already in `log` are not estimated again; new results are appended to it. `refiner`:
+    query keypoint adjustment of the correspondences before PnP (None: the keypoints as they are).
     """
     reconstruction = load_model(reference)
     with (open_h5(features, "features file") as features_file,
           open_h5(matches, "matches file") as matches_file):
-        localizer = ModelLocalizer(reconstruction, features_file, matches_file, config)
+        localizer = ModelLocalizer(reconstruction, features_file, matches_file, config, refiner)
         return localize_queries(localizer, queries, retrieval, log, executor)

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .. import match, triangulate
+from .. import match, refine, triangulate
 from ..atomic import write_json
 from ..colmap import pycolmap
 from ..datasets import DatasetError
@@ -27,7 +27,7 @@ from ..pair_selection import Observations
 from . import covisibility, pose_from_cutouts, pose_from_model
 from .config import (PRESETS, STEP_STAMP, SYNTHETIC_QUERY_FLOORS, DatasetPreset, LocalizationConfig, RunPaths,
                      Workers, by_threshold, dataset_hint, require_dataset_folder)
-from .estimation import PoseEstimationConfig, QueryLog, QueryResult, Timer, results_name
+from .estimation import KeypointRefiner, PoseEstimationConfig, QueryLog, QueryResult, Timer, results_name
 from .inputs import StampCache, stat_stamp
 from .model import load_model
 
@@ -51,7 +51,7 @@ class Scene(Protocol):
     def query_inputs(self, name: str, retrieved: list[str], stamps: StampCache) -> str: ...
 
     def localize(self, paths: RunPaths, retrieval: dict[str, list[str]], config: LocalizationConfig,
-                 log: QueryLog, workers: Workers) -> list[QueryResult]: ...
+                 log: QueryLog, workers: Workers, refiner: KeypointRefiner | None = None) -> list[QueryResult]: ...
 
     def fallback_pose(self, result: QueryResult, retrieval: list[str]) -> pycolmap.Rigid3d: ...
 
@@ -106,8 +106,9 @@ class AachenScene:
 
     def prepare(self, paths: RunPaths, config: LocalizationConfig, timer: Timer, stamps: StampCache,
                 workers: Workers) -> None:
-        """Covisible database pairs, their matches, and the triangulated model (skipped when a
-        model made from the same dataset files, database images, features and settings is there)."""
+        """Covisible database pairs, their matches, with --refine keypoints their refined keypoints
+        (OUT/features-db-refined.h5), and the triangulated model (skipped when a model made from the
+        same dataset files, database images, features and settings is there)."""
         stamp = paths.sfm / STEP_STAMP
         parts = {
             "settings": settings_fingerprint(str(self.dataset.root), self.dataset.version, self.db_names,
@@ -117,6 +118,8 @@ class AachenScene:
             "database images": settings_fingerprint(stamps.digests([self.image_dir / n for n in self.db_names],
                                                                    self.image_dir)),
         }
+        if config.refine.mode != "none":  # absent for none: models made before --refine existed stay valid
+            parts["refine"] = settings_fingerprint(config.refine.settings())
         key = settings_fingerprint(parts)
         previous = read_step_stamp(stamp)
         if previous.get("key") == key and (paths.sfm / "images.bin").is_file():
@@ -132,8 +135,14 @@ class AachenScene:
         with timer("db_match"):
             match.main(paths.db_pairs, paths.features, paths.db_matches, config.matcher,
                        device=workers.matching_device, executor=workers.executor)
+        features = paths.features
+        if config.refine.mode != "none":
+            with timer("refine_db"):
+                refine.main(self.image_dir, paths.features, paths.db_matches, paths.db_pairs,
+                            paths.db_refined_features, config.refine, workers.device)
+            features = paths.db_refined_features
         with timer("triangulate"):
-            triangulate.main(self.reference, self.image_dir, paths.db_pairs, paths.features, paths.db_matches,
+            triangulate.main(self.reference, self.image_dir, paths.db_pairs, features, paths.db_matches,
                              paths.sfm, mapper_options=triangulation_options())
         write_json(stamp, {"key": key, "parts": parts})
 
@@ -143,14 +152,14 @@ class AachenScene:
                                     retrieved)
 
     def localize(self, paths: RunPaths, retrieval: dict[str, list[str]], config: LocalizationConfig,
-                 log: QueryLog, workers: Workers) -> list[QueryResult]:
+                 log: QueryLog, workers: Workers, refiner: KeypointRefiner | None = None) -> list[QueryResult]:
         model = load_model(paths.sfm)
         results = []
         for threshold, queries in by_threshold(self.queries, self.preset, config).items():
             localizer_config = pose_from_model.ModelLocalizationConfig(
                 PoseEstimationConfig(ransac_max_error=threshold), config.covisibility_clustering)
             results += pose_from_model.main(model, queries, retrieval, paths.features, paths.query_matches,
-                                            localizer_config, log, workers.executor)
+                                            localizer_config, log, workers.executor, refiner)
         return results
 
     def fallback_pose(self, result: QueryResult, retrieval: list[str]) -> pycolmap.Rigid3d:
@@ -229,13 +238,13 @@ class InLocScene:
         return self._cache[name]
 
     def localize(self, paths: RunPaths, retrieval: dict[str, list[str]], config: LocalizationConfig,
-                 log: QueryLog, workers: Workers) -> list[QueryResult]:
+                 log: QueryLog, workers: Workers, refiner: KeypointRefiner | None = None) -> list[QueryResult]:
         results = []
         for threshold, queries in by_threshold(self.queries, self.preset, config).items():
             localizer_config = pose_from_cutouts.CutoutLocalizationConfig(
                 PoseEstimationConfig(ransac_max_error=threshold), config.min_cutout_matches)
             results += pose_from_cutouts.main(queries, retrieval, paths.features, paths.query_matches,
-                                              self.cutout_points, localizer_config, log, workers.executor)
+                                              self.cutout_points, localizer_config, log, workers.executor, refiner)
         return results
 
     def fallback_pose(self, result: QueryResult, retrieval: list[str]) -> pycolmap.Rigid3d:

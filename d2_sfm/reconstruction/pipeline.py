@@ -26,7 +26,7 @@ from ..images import ImageListing, list_images, list_images_report, read_image_h
 from ..locking import output_lock
 from ..matching import MatcherConfig
 from ..pairs import PairsConfig
-from ..refine import RefineConfig
+from ..configs import RefineConfig
 from ..paths import check_pair_key_collisions, resolve_inside
 from ..report import write_report_or_warn
 from ..visualize import save_overview

@@ -1,9 +1,17 @@
-"""Featuremetric refinement (Pixel-Perfect SfM, reimplemented in torch): tentative tracks from raw
-matches, dense low-level D2 backbone features, and batched bounded alignment of keypoints."""
-from .dense import LAYERS, DenseMap, backbone, dense_maps
+"""Keypoint refinement (Pixel-Perfect SfM's keypoint adjustment, reimplemented in torch): tentative
+tracks from raw matches, then batched bounded alignment of every track keypoint to its root, either
+photometric (affine Lucas-Kanade on image patches) or featuremetric (dense low-level D2 features)."""
+from ..configs import DENSE_LAYERS, AffineConfig, PatchConfig, SolverConfig
+from .dense import DenseMap, backbone, dense_maps
+from .geometry import epipolar_inliers
 from .keypoints import KeypointAdjustment, adjust_keypoints, descriptors_at, refine_query_keypoints
-from .optimize import SolverConfig, align
+from .local_affine import local_linear_maps
+from .optimize import align
+from .patches import prepare_image
+from .photometric import adjust_keypoints_photometric, align_matched_keypoints, refine_pair_keypoints
 from .tracks import Tracks, build_tracks
 
-__all__ = ["LAYERS", "DenseMap", "KeypointAdjustment", "SolverConfig", "Tracks", "adjust_keypoints", "align",
-           "backbone", "build_tracks", "dense_maps", "descriptors_at", "refine_query_keypoints"]
+__all__ = ["DENSE_LAYERS", "AffineConfig", "DenseMap", "KeypointAdjustment", "PatchConfig", "SolverConfig", "Tracks",
+           "adjust_keypoints", "adjust_keypoints_photometric", "align", "align_matched_keypoints", "backbone",
+           "build_tracks", "dense_maps", "descriptors_at", "epipolar_inliers", "local_linear_maps", "prepare_image",
+           "refine_pair_keypoints", "refine_query_keypoints"]

@@ -15,15 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..configs import DENSE_LAYERS
 from ..model import preprocess
-
-# name -> (number of modules of the D2 Sequential up to and including the layer's ReLU, stride)
-LAYERS: dict[str, tuple[int, int]] = {
-    "conv1_2": (4, 1),
-    "conv2_2": (9, 2),
-    "conv3_3": (16, 4),
-}
-
 
 @dataclass(frozen=True)
 class DenseMap:
@@ -43,10 +36,10 @@ class DenseMap:
 
 def backbone(model: nn.Module, layers: tuple[str, ...]) -> nn.Sequential:
     """The first modules of a d2_sfm.model.D2Net, up to the deepest of `layers` (shares its weights)."""
-    unknown = [layer for layer in layers if layer not in LAYERS]
+    unknown = [layer for layer in layers if layer not in DENSE_LAYERS]
     if unknown or not layers:
-        raise ValueError(f"unknown dense layer(s) {unknown or layers}: expected some of {', '.join(LAYERS)}")
-    return model.dense_feature_extraction.model[:max(LAYERS[layer][0] for layer in layers)]
+        raise ValueError(f"unknown dense layer(s) {unknown or layers}: expected some of {', '.join(DENSE_LAYERS)}")
+    return model.dense_feature_extraction.model[:max(DENSE_LAYERS[layer][0] for layer in layers)]
 
 
 @torch.inference_mode()
@@ -60,7 +53,7 @@ def dense_maps(network: nn.Sequential, layers: tuple[str, ...], image_rgb: np.nd
     mkldnn = device.type == "cpu" and torch.backends.mkldnn.is_available()
     if mkldnn:
         tensor = tensor.to_mkldnn()  # oneDNN layout between layers: same kernels, fewer re-orderings
-    taps = {LAYERS[layer][0]: layer for layer in layers}
+    taps = {DENSE_LAYERS[layer][0]: layer for layer in layers}
     found: dict[str, torch.Tensor] = {}
     for index, module in enumerate(network, start=1):
         tensor = module(tensor)
@@ -69,7 +62,7 @@ def dense_maps(network: nn.Sequential, layers: tuple[str, ...], image_rgb: np.nd
     height, width = image_rgb.shape[:2]
     maps = []
     for layer in layers:
-        stride = LAYERS[layer][1]
+        stride = DENSE_LAYERS[layer][1]
         scale = (width / original_size[0] / stride, height / original_size[1] / stride)
         maps.append(DenseMap(F.normalize(found[layer], dim=0), scale))  # (C, h/s, w/s) unit vectors
     return maps

@@ -11,21 +11,12 @@ bound of +-`bound` cells around the start (projected steps).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
+from ..configs import SolverConfig
 from .dense import sample_descriptor, sample_with_gradient
-
-
-@dataclass(frozen=True)
-class SolverConfig:
-    loss_scale: float = 0.25  # Cauchy a: residual norms well above it count as outliers
-    bound: float = 4.0  # largest move per axis, in feature-map cells
-    iterations: int = 30
-    tolerance: float = 1e-3  # a keypoint whose step is below this (cells) has converged
-    chunk: int = 8192  # keypoints per batch (memory: chunk x C x patch^2 floats)
 
 
 def cauchy(squared: torch.Tensor, scale: float) -> torch.Tensor:

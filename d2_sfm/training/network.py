@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..model import CONV_INDICES, D2Net, DenseFeatureExtraction
+from .config import TRAIN_LAYERS
 
 POOL3_INDEX = 16
 CONV4_INDICES = (17, 19, 21)
@@ -19,12 +20,7 @@ FEATURE_STRIDE = 8
 CELL_OFFSET = 3.5  # pixel = 8 * cell + 3.5
 
 # Which conv layers (state-dict indices) each --train-layers choice unfreezes.
-TRAINABLE_LAYERS = {
-    "conv4_3": (21,),
-    "conv4": CONV4_INDICES,
-    "conv3+": (10, 12, 14) + CONV4_INDICES,
-    "all": CONV_INDICES,
-}
+TRAINABLE_LAYERS = dict(zip(TRAIN_LAYERS, ((21,), CONV4_INDICES, (10, 12, 14) + CONV4_INDICES, CONV_INDICES)))
 
 
 def cell_to_pixel(cells: torch.Tensor) -> torch.Tensor:

@@ -32,10 +32,13 @@ def test_exact_data_gives_the_exact_pose(model_scene, clustering):
 def test_correspondences_are_unique_query_point_pairs(model_scene):
     with h5py.File(model_scene.features) as features, h5py.File(model_scene.matches) as matches:
         localizer = ModelLocalizer(model_scene.reconstruction, features, matches, ModelLocalizationConfig())
-        kp_once, ids_once, _ = localizer.correspondences(model_scene.query, model_scene.db_names[:1])
-        kp, ids, used = localizer.correspondences(model_scene.query, model_scene.db_names)
+        once, _ = localizer.correspondences(model_scene.query, model_scene.db_names[:1])
+        rows, used = localizer.correspondences(model_scene.query, model_scene.db_names)
+        # each row keeps the db observation it came from: that db keypoint observes the row's 3D point
+        observed = [localizer.db_point3D_ids(used[db])[db_kp] for _, _, db, db_kp in rows]
     # both db images observe the same points: the second one adds no new (keypoint, point) pair
-    assert len(kp) == len(kp_once) == len(np.unique(np.c_[kp, ids], axis=0))
+    assert len(rows) == len(once) == len(np.unique(rows[:, :2], axis=0))
+    assert observed == rows[:, 1].tolist()
 
 
 def test_query_without_retrieval_or_matches_fails_with_a_reason(model_scene):

@@ -1,0 +1,174 @@
+"""Direct photometric alignment of image patches (Lucas-Kanade), batched over keypoints.
+
+A keypoint's template is a square patch of the (smoothed, grey or colour) reference image around
+its reference keypoint, normalised to zero mean (per channel) and unit variance so that brightness
+and contrast changes do not matter. The patch is warped into the target image by a per-keypoint affine map
+M (2, 3), target = M [u; 1] for the offset u (pixels) from the reference keypoint, so the aligned
+keypoint is M's translation. Gauss-Newton/Levenberg-Marquardt on the normalised residuals with a
+Cauchy loss: a few translation-only steps with the initial linear part (from neighbouring
+matches), then all six parameters. Each keypoint's translation stays within +-bound of its start;
+a keypoint whose final normalised correlation is below `min_ncc` keeps its start.
+
+Coordinates are pixels of the working (possibly resized) image, integer = pixel centre.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..configs import PatchConfig
+from .optimize import single_thread
+
+
+def prepare_image(image_rgb: np.ndarray, blur: float, device: torch.device | str = "cpu",
+                  colour: bool = False) -> torch.Tensor:
+    """(3C, H, W) float32: the smoothed image's C channels (1 grey or 3 RGB), then their x and then
+    their y central differences."""
+    image = image_rgb if colour else cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY)[:, :, None]
+    image = image.astype(np.float32) / 255.0
+    if blur > 0:
+        image = cv2.GaussianBlur(image, (0, 0), blur).reshape(image.shape)
+    kernel = np.array([[-0.5, 0.0, 0.5]], np.float32)
+    gx = cv2.filter2D(image, -1, kernel, borderType=cv2.BORDER_REPLICATE).reshape(image.shape)
+    gy = cv2.filter2D(image, -1, kernel.T, borderType=cv2.BORDER_REPLICATE).reshape(image.shape)
+    return torch.from_numpy(np.concatenate([image, gx, gy], -1)).permute(2, 0, 1).contiguous().to(device)
+
+
+def grid(size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(K, 2) offsets u of a size x size patch centred on 0, x fastest."""
+    half = (size - 1) / 2
+    steps = torch.arange(size, dtype=torch.float32, device=device) - half
+    ys, xs = torch.meshgrid(steps, steps, indexing="ij")
+    return torch.stack([xs.reshape(-1), ys.reshape(-1)], -1)
+
+
+def sample(stack: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples (N, K, C) of a (C, H, W) stack at pixels (N, K, 2), border replicated."""
+    _, height, width = stack.shape
+    size = points.new_tensor([max(width - 1, 1), max(height - 1, 1)])
+    normalised = 2 * points / size - 1
+    values = F.grid_sample(stack[None], normalised[None], mode="bilinear", padding_mode="border",
+                           align_corners=True)  # (1, C, N, K)
+    return values[0].permute(1, 2, 0)
+
+
+def normalise(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patches (N, K, C) with zero mean per channel and unit variance overall, flattened (N, K C),
+    and their standard deviations (N, 1)."""
+    centred = values - values.mean(1, keepdim=True)
+    sigma = centred.pow(2).mean((1, 2)).sqrt().clamp(min=1e-4)[:, None]
+    return centred.flatten(1) / sigma, sigma
+
+
+def templates(stack: torch.Tensor, centres: torch.Tensor, size: int) -> torch.Tensor:
+    """Normalised templates (N, K C) of a prepared reference image around centres (N, 2)."""
+    offsets = grid(size, centres.device)
+    values = sample(stack[:stack.shape[0] // 3], centres[:, None] + offsets[None])
+    return normalise(values)[0]
+
+
+def align(stack: torch.Tensor, template: torch.Tensor, start: torch.Tensor, linear: torch.Tensor,
+          config: PatchConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Aligned keypoints (N, 2) in a prepared target image and their correlations (N,).
+
+    template (N, K C) from `templates` (same channels); start (N, 2) target pixels; linear (N, 2, 2) the initial
+    linear part of the reference -> target warp. Keypoints that fail keep their start."""
+    out, scores = [], []
+    with single_thread(start.device):
+        for begin in range(0, len(start), config.chunk):
+            end = begin + config.chunk
+            points, ncc = align_chunk(stack, template[begin:end].float(), start[begin:end].float(),
+                                      linear[begin:end].float(), config)
+            out.append(points)
+            scores.append(ncc)
+    if not out:
+        return start.new_zeros((0, 2)), start.new_zeros(0)
+    return torch.cat(out), torch.cat(scores)
+
+
+def jacobian_columns(gx: torch.Tensor, gy: torch.Tensor, offsets: torch.Tensor, affine: bool) -> torch.Tensor:
+    """dI/dp (N, K, C, P) from image gradients (N, K, C), for p = M's entries row-major (affine,
+    P = 6) or its translation (P = 2)."""
+    if not affine:
+        return torch.stack([gx, gy], -1)
+    ux, uy = offsets[None, :, 0, None], offsets[None, :, 1, None]
+    return torch.stack([gx * ux, gx * uy, gx, gy * ux, gy * uy, gy], -1)
+
+
+def residuals(stack: torch.Tensor, warp: torch.Tensor, offsets: torch.Tensor, template: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Normalised residuals (N, K C), the target samples (N, K, 3C) and their deviations (N, 1)."""
+    points = offsets[None] @ warp[:, :, :2].transpose(1, 2) + warp[:, None, :, 2]
+    samples = sample(stack, points)
+    values, sigma = normalise(samples[..., :stack.shape[0] // 3])
+    return values - template, samples, sigma
+
+
+def cauchy_cost(residual: torch.Tensor, scale: float) -> torch.Tensor:
+    a2 = scale * scale
+    return (a2 * torch.log1p(residual * residual / a2)).mean(-1)
+
+
+def normal_equations(stack: torch.Tensor, warp: torch.Tensor, offsets: torch.Tensor, template: torch.Tensor,
+                     affine: bool, loss_scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """IRLS Gauss-Newton system (n, P, P), (n, P) and the robust cost (n,) at the current warps."""
+    residual, samples, sigma = residuals(stack, warp, offsets, template)
+    normalised = residual + template
+    channels = stack.shape[0] // 3
+    raw = jacobian_columns(samples[..., channels:2 * channels], samples[..., 2 * channels:], offsets, affine)
+    centred = (raw - raw.mean(1, keepdim=True)).flatten(1, 2)  # (n, K C, P)
+    # derivative of the normalisation (zero mean, unit variance) of the samples, exactly
+    projection = (normalised[..., None] * centred).mean(1, keepdim=True)
+    jacobian = (centred - normalised[..., None] * projection) / sigma[..., None]
+    weighted = jacobian / (1.0 + residual * residual / loss_scale ** 2)[..., None]  # Cauchy IRLS weights
+    hessian = weighted.transpose(1, 2) @ jacobian
+    gradient = (weighted * residual[..., None]).sum(1)
+    return hessian, gradient, cauchy_cost(residual, loss_scale)
+
+
+def align_chunk(stack: torch.Tensor, template: torch.Tensor, start: torch.Tensor, linear: torch.Tensor,
+                config: PatchConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    offsets = grid(config.size, start.device)
+    lower = torch.clamp(start - config.bound, min=0.0)  # refined keypoints stay inside the image
+    upper = torch.minimum(start + config.bound, start.new_tensor([stack.shape[2] - 1, stack.shape[1] - 1]))
+    warp = torch.cat([linear, start[:, :, None]], -1)  # (N, 2, 3)
+    stages = [(False, config.translation_steps), (True, config.affine_steps)]
+    for affine, steps in stages:
+        damping = torch.full((len(start),), 1e-3, device=start.device)
+        active = torch.ones(len(start), dtype=torch.bool, device=start.device)
+        for _ in range(steps):
+            index = torch.nonzero(active)[:, 0]
+            if len(index) == 0:
+                break
+            current = warp[index]
+            hessian, gradient, cost = normal_equations(stack, current, offsets, template[index], affine,
+                                                       config.loss_scale)
+            diagonal = torch.diagonal(hessian, dim1=1, dim2=2)
+            system = hessian + torch.diag_embed(damping[index, None] * diagonal + 1e-9)
+            delta, info = torch.linalg.solve_ex(system, -gradient[..., None])
+            delta = torch.where((info == 0)[:, None, None] & torch.isfinite(delta), delta, torch.zeros_like(delta))
+            candidate = current.clone()
+            if affine:
+                candidate += delta.reshape(-1, 2, 3)
+            else:
+                candidate[:, :, 2] += delta[..., 0]
+            candidate[:, :, 2] = torch.maximum(torch.minimum(candidate[:, :, 2], upper[index]), lower[index])
+            new_cost = cauchy_cost(residuals(stack, candidate, offsets, template[index])[0], config.loss_scale)
+            better = new_cost < cost
+            moved = (candidate[:, :, 2] - current[:, :, 2]).abs().amax(-1)
+            warp[index] = torch.where(better[:, None, None], candidate, current)
+            damping[index] = torch.where(better, damping[index] * 0.3, damping[index] * 10).clamp(1e-6, 1e6)
+            active[index] = ~((better & (moved < config.tolerance)) | (damping[index] >= 1e6))
+    residual = residuals(stack, warp, offsets, template)[0]
+    ncc = 1 - residual.pow(2).mean(-1) / 2  # both sides have zero mean and unit variance
+    ok = torch.isfinite(ncc) & (ncc >= config.min_ncc) & plausible(warp[:, :, :2], linear, config.max_distortion)
+    return torch.where(ok[:, None], warp[:, :, 2], start), ncc
+
+
+def plausible(linear: torch.Tensor, initial: torch.Tensor, limit: float) -> torch.Tensor:
+    """Whether each refined linear part (N, 2, 2) stays within a factor `limit` of the initial one."""
+    relative = linear @ torch.linalg.pinv(initial)
+    values = torch.linalg.svdvals(relative)
+    return torch.isfinite(values).all(-1) & (values[:, 0] <= limit) & (values[:, 1] >= 1 / limit)
