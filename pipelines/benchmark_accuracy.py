@@ -124,6 +124,34 @@ def run_sift(images: Path | None, extra: list[str], output: Path, cwd: Path) -> 
     return {**data, "wall": time.time() - start}
 
 
+def largest_model_poses(folder: Path) -> dict:
+    """Poses of the model with the most registered images among `folder` and its subfolders."""
+    from d2_sfm.alignment import model_poses
+    from d2_sfm.colmap import pycolmap
+
+    found = [d for d in [folder, *sorted(p for p in folder.glob("*") if p.is_dir())] if (d / "images.bin").is_file()]
+    models = [pycolmap.Reconstruction(str(d)) for d in found]
+    return model_poses(max(models, key=lambda m: m.num_reg_images())) if models else {}
+
+
+def rotations_against_sift(d2_runs: dict[str, Path], sift_models: Path) -> list[str]:
+    """Relative rotation errors of each D2 model against COLMAP SIFT's, for sets without ground-truth
+    poses (SIFT's reprojection error is 0.2-0.4 px here: a stand-in reference, not the truth)."""
+    from d2_sfm.alignment import relative_rotation_errors
+
+    reference = largest_model_poses(sift_models)
+    rows = []
+    for label, sfm in d2_runs.items():
+        errors = relative_rotation_errors(largest_model_poses(sfm), reference) if reference else np.zeros(0)
+        cells = (f"{np.median(errors):.3f} / {errors.max():.3f}", str(len(errors))) if len(errors) else ("-", "0")
+        rows.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    return rows
+
+
+SIFT_REFERENCE_HEADER = ("| set / pipeline | rel. rot. err against COLMAP SIFT's model, median / max (deg) "
+                         "| image pairs |\n|---|---|---|")
+
+
 def row(label: str, data: dict[str, object], baseline_wall: float | None) -> str:
     if "failed" in data:
         return f"| {label} | failed: {data['failed']} |" + " |" * 8
@@ -210,14 +238,14 @@ def localization_rows(name: str, output: Path, refines: list[str], device: str, 
 
 def main(output: Path, data: Path, sets: list[str], refines: list[str], mappers: list[str], sift: bool,
          device: str, synthetic: tuple[int, int, tuple[int, int], int] = (12, 6, (640, 480), 0)
-         ) -> tuple[list[str], list[str]]:
+         ) -> tuple[list[str], list[str], list[str]]:
     unknown = [name for name in sets if name not in SETS]
     if unknown:
         raise D2SfmError(f"unknown set(s) {', '.join(unknown)}: expected some of {', '.join(SETS)}")
     if any(name not in SYNTHETIC for name in sets) and not (data / "sfm").is_dir():
         raise D2SfmError(f"real data folder {data / 'sfm'} does not exist")
     output.mkdir(parents=True, exist_ok=True)
-    rows, localization, results = [], [], {}
+    rows, localization, against_sift, results = [], [], [], {}
     for name in sets:
         if name in SYNTHETIC:
             localization += localization_rows(name, output, refines, device, *synthetic, results)
@@ -225,7 +253,7 @@ def main(output: Path, data: Path, sets: list[str], refines: list[str], mappers:
         images, extra = prepare(name, data, output)
         cwd = output / name
         cwd.mkdir(parents=True, exist_ok=True)
-        baseline = None
+        baseline, d2_runs = None, {}
         for mapper in mappers:
             for refine in refines:
                 label = f"{name} D2 {mapper} refine={refine}"
@@ -235,12 +263,14 @@ def main(output: Path, data: Path, sets: list[str], refines: list[str], mappers:
                     baseline = result.get("wall")
                 results[label] = result
                 rows.append(row(label, result, baseline if refine != "none" else None))
+                d2_runs[label] = cwd / f"d2_{mapper}_{refine}" / "sfm"
         if sift:
             label = f"{name} SIFT (pycolmap)"
             results[label] = run_sift(images, extra, cwd / "sift", cwd)
             rows.append(row(label, results[label], None))
+            against_sift += rotations_against_sift(d2_runs, cwd / "sift" / "models")
     (output / "accuracy.json").write_text(json.dumps(results, indent=1, default=str))
-    return rows, localization
+    return rows, localization, against_sift
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,12 +298,15 @@ def cli(argv: list[str] | None = None) -> int:
         size = ()
     if len(size) != 2:
         raise D2SfmError(f"--synthetic-size must be WxH, e.g. 640x480, got {args.synthetic_size!r}")
-    rows, localization = main(args.output.resolve(), args.data.resolve(), args.sets.split(","),
+    rows, localization, against_sift = main(args.output.resolve(), args.data.resolve(), args.sets.split(","),
                               args.refine.split(","), args.mappers.split(","), not args.skip_sift, args.device,
                               (args.synthetic_db, args.synthetic_queries, size, args.synthetic_seed))
     if rows:
         print(HEADER)
         print("\n".join(rows))
+    if against_sift:
+        print(SIFT_REFERENCE_HEADER)
+        print("\n".join(against_sift))
     if localization:
         print(LOCALIZATION_HEADER)
         print("\n".join(localization))
