@@ -25,6 +25,7 @@ from .h5io import (FEATURE_ID, H5_SUFFIXES, H5FormatError, atomic_h5, current_fi
 from .images import ImageError, list_images_report, max_image_pixels, read_image_bytes, read_image_list
 from .locking import output_lock
 from .paths import check_output_path, check_pair_key_collisions, resolve_inside, safe_relative_name
+from .weights import check_known as check_weights_known
 
 if TYPE_CHECKING:  # torch: imported when extraction starts, so that --help and input errors are instant
     from .distributed.tasks import ExtractorSpec, ImageJob, ImageResult
@@ -151,6 +152,8 @@ def main(image_dir: Path, output: Path, image_list: list[str] | None = None,
     summary = ExtractionSummary(output)
     names = [safe_relative_name(n) for n in image_list] if image_list else listed_images(image_dir, summary)
     check_pair_key_collisions(names, str(image_dir))
+    if extractor is None:
+        check_weights_known(weights)  # a mistyped --weights is reported before torch loads
     if executor.is_ray:
         settings: D2Extractor | ExtractorSpec = worker_spec(extractor, weights, config, device, executor)
     else:

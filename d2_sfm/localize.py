@@ -172,6 +172,9 @@ def config_from_args(args: argparse.Namespace) -> LocalizationConfig:
 def cli(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     require_dataset_folder(args.dataset, args.root or PRESETS[args.dataset].root)  # before torch loads
+    from .weights import check_known
+
+    check_known(args.weights)
     main(args.dataset, args.root, args.output, args.pairs, config_from_args(args), args.weights,
          args.ground_truth, args.device, executor=executor_config_from_args(args))
     return 0

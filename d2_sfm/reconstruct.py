@@ -157,6 +157,9 @@ def config_from_args(args: argparse.Namespace) -> ReconstructionConfig:
 
 def cli(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .weights import check_known
+
+    check_known(args.weights)  # a mistyped --weights is reported before torch loads
     config = config_from_args(args)
     from .alignment import read_ground_truth_file
     from .images import list_images

@@ -27,15 +27,18 @@ import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import h5py
 import numpy as np
-import torch
 
 from .errors import D2SfmError
 from .fingerprint import file_sha256
-from .model import CONV_INDICES, STATE_DICT_PREFIX, D2Net
+
+if TYPE_CHECKING:  # torch: imported where a checkpoint is read, written or downloaded, so that a
+    import torch  # mistyped --weights is reported before torch loads
+
+    from .model import D2Net
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +70,14 @@ class WeightsInfo:
 
 
 def cache_dir() -> Path:
+    import torch  # noqa: PLC0415  (see TYPE_CHECKING)
+
     return Path(torch.hub.get_dir()) / "checkpoints" / "d2-net"
 
 
 def expected_shapes() -> dict[str, tuple[int, ...]]:
+    from .model import D2Net  # noqa: PLC0415  (torch)
+
     return {k: tuple(v.shape) for k, v in D2Net().state_dict().items()}
 
 
@@ -91,6 +98,8 @@ def torch_load_problem(error: Exception) -> str:
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read and validate a checkpoint in the official layout. Raises WeightsError naming the file,
     in one line: unreadable or unsafe file, no state dict, wrong keys, shapes or dtypes, NaN/inf."""
+    import torch  # noqa: PLC0415  (see TYPE_CHECKING)
+
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"checkpoint {path} does not exist")
@@ -125,6 +134,8 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(state_dict: dict[str, torch.Tensor], path: Path, **extra: object) -> Path:
     """Write `{"model": state_dict, **extra}` atomically (temp file, then rename)."""
+    import torch  # noqa: PLC0415  (see TYPE_CHECKING)
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
@@ -148,6 +159,10 @@ def hed_h5_path() -> Path:
 
 def convert_hed_h5(h5_path: Path) -> dict[str, torch.Tensor]:
     """Keras VGG16 (kernel HWIO, bias) -> D2-Net state dict (weight OIHW, bias)."""
+    import torch  # noqa: PLC0415  (see TYPE_CHECKING)
+
+    from .model import CONV_INDICES, STATE_DICT_PREFIX  # noqa: PLC0415
+
     state = {}
     try:
         with h5py.File(h5_path, "r") as f:
@@ -191,6 +206,8 @@ def download_official(name: str, timeout: float = 20.0) -> Path:
     path = cache_dir() / f"{name}.pth"
     if path.is_file():
         return path
+    import torch  # noqa: PLC0415  (see TYPE_CHECKING)
+
     url = OFFICIAL_URL.format(name=name)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".pth.download")
@@ -209,6 +226,17 @@ def download_official(name: str, timeout: float = 20.0) -> Path:
         raise
     os.replace(tmp, path)
     return path
+
+
+def check_known(weights: str | os.PathLike | None) -> None:
+    """The cheap part of `resolve`, for commands to call before any heavy import: None, a known
+    name, or an existing file (nothing is downloaded, hashed or loaded)."""
+    text = None if weights is None else str(weights)
+    if text is None or text in OFFICIAL_NAMES + PACKAGED_NAMES + (HED_NAME,):
+        return
+    if not Path(text).expanduser().is_file():
+        raise WeightsError(f"weights {text!r} is neither a known name "
+                           f"({', '.join(OFFICIAL_NAMES + PACKAGED_NAMES + (HED_NAME,))}) nor an existing file")
 
 
 def resolve(weights: str | os.PathLike | None = None, *, validate: bool = False) -> WeightsInfo:
@@ -233,10 +261,8 @@ def resolve(weights: str | os.PathLike | None = None, *, validate: bool = False)
         if not path.is_file():
             raise WeightsError(f"packaged weights {path} are missing: reinstall d2_sfm")
     else:
+        check_known(text)
         path = Path(text).expanduser()
-        if not path.is_file():
-            raise WeightsError(f"weights {text!r} is neither a known name "
-                               f"({', '.join(OFFICIAL_NAMES + PACKAGED_NAMES + (HED_NAME,))}) nor an existing file")
         text = path.name
     try:
         return WeightsInfo(text, path, file_sha256(path))
@@ -263,6 +289,8 @@ def resolve_default() -> WeightsInfo:
 def load_model(weights: str | os.PathLike | None = None, use_relu: bool = True,
                device: str | torch.device = "cpu") -> tuple[D2Net, WeightsInfo]:
     """Build D2Net with the given weights, in eval mode. Never returns a randomly initialised net."""
+    from .model import D2Net  # noqa: PLC0415  (torch)
+
     info = resolve(weights)
     model = D2Net(use_relu=use_relu)
     model.load_state_dict(load_state_dict(info.path), strict=True)
