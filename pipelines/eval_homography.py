@@ -67,10 +67,10 @@ def evaluate_refined(extractor, config, pairs: list[HomographyPair]) -> list[Pai
     """MMA of the mutual-NN matches after pair-wise keypoint adjustment (config: refine.RefineConfig)."""
     import torch
 
-    from d2_sfm.images import read_image, resize, resized_size
+    from d2_sfm.images import read_image
     from d2_sfm.matching import mutual_nearest_neighbours
     from d2_sfm.refinement import (backbone, dense_maps, descriptors_at, prepare_image, refine_pair_keypoints,
-                                   refine_query_keypoints)
+                                   refine_query_keypoints, to_original, to_working, working_image)
 
     network = backbone(extractor.model, config.layers) if config.method == "features" else None
     cache: dict[Path, tuple] = {}
@@ -79,12 +79,10 @@ def evaluate_refined(extractor, config, pairs: list[HomographyPair]) -> list[Pai
         """keypoints, descriptors, the refinement's view of the image, working / original scale."""
         if path not in cache:
             image = read_image(path)
-            height, width = image.shape[:2]
-            small = resize(image, resized_size(width, height, config.max_edge, config.max_sum_edges))
+            small, scale = working_image(image, config.max_edge, config.max_sum_edges)
             features = extractor.extract_array(image)
-            view = (dense_maps(network, config.layers, small, (width, height)) if network is not None
+            view = (dense_maps(network, config.layers, small, (image.shape[1], image.shape[0])) if network is not None
                     else prepare_image(small, config.patch.blur, extractor.device, config.patch.colour))
-            scale = np.array([small.shape[1] / width, small.shape[0] / height], np.float32)
             cache[path] = (features.keypoints, features.descriptors, view, scale)
         return cache[path]
 
@@ -95,10 +93,10 @@ def evaluate_refined(extractor, config, pairs: list[HomographyPair]) -> list[Pai
         index0 = np.flatnonzero(matches0.numpy() >= 0)
         index1 = matches0.numpy()[index0]
         if network is None:
-            working = refine_pair_keypoints(view0, view1, (xy0[index0] + 0.5) * scale0 - 0.5,
-                                            (xy1[index1] + 0.5) * scale1 - 0.5, config.patch, config.affine,
+            working = refine_pair_keypoints(view0, view1, to_working(xy0[index0], scale0),
+                                            to_working(xy1[index1], scale1), config.patch, config.affine,
                                             config.epipolar_threshold)
-            refined1 = (working + 0.5) / scale1 - 0.5
+            refined1 = to_original(working, scale1)
         else:
             references = [descriptors_at(m, torch.from_numpy(xy0[index0]).to(m.features.device)) for m in view0]
             refined1 = refine_query_keypoints(view1, xy1[index1], references, config.solvers())

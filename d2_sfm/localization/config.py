@@ -1,7 +1,7 @@
 """Settings of a localization run: dataset presets, the run's config, the files it writes.
 
-Imports neither torch nor pycolmap (the retrieval settings are made on first use), so that `python -m d2_sfm.localize --help`, argument errors and a missing dataset
-answer at once.
+Imports neither torch nor pycolmap (the retrieval settings are made on first use), so that
+`python -m d2_sfm.localize --help`, argument errors and a missing dataset answer at once.
 """
 from __future__ import annotations
 

@@ -19,11 +19,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..images import read_image, resize, resized_size
+from ..configs import RefineConfig
+from ..images import read_image
 from ..paths import resolve_inside
-from ..refine import RefineConfig
 from ..refinement import (DenseMap, backbone, dense_maps, descriptors_at, prepare_image, refine_pair_keypoints,
-                          refine_query_keypoints)
+                          refine_query_keypoints, to_original, to_working, working_image)
 from ..weights import load_model
 
 logger = logging.getLogger(__name__)
@@ -57,12 +57,11 @@ class QueryRefiner:
     def prepare(self, name: str) -> Prepared:
         """One image (name relative to the image folder) resized as configured, then as the method needs."""
         rgb = read_image(resolve_inside(self.image_dir, name))
-        height, width = rgb.shape[:2]
-        small = resize(rgb, resized_size(width, height, self.config.max_edge, self.config.max_sum_edges))
-        scale = np.array([small.shape[1] / width, small.shape[0] / height], np.float32)
+        small, scale = working_image(rgb, self.config.max_edge, self.config.max_sum_edges)
         if self.network is not None:
+            original_size = (rgb.shape[1], rgb.shape[0])
             return [DenseMap(m.features.half(), m.scale)
-                    for m in dense_maps(self.network, self.config.layers, small, (width, height))], scale
+                    for m in dense_maps(self.network, self.config.layers, small, original_size)], scale
         return prepare_image(small, self.config.patch.blur, self.device, self.config.patch.colour), scale
 
     def database(self, name: str) -> Prepared:
@@ -112,15 +111,14 @@ class QueryRefiner:
 
     def align_patches(self, query_image: torch.Tensor, scale: np.ndarray, keypoints: np.ndarray,
                       groups: dict[str, np.ndarray], db_keypoints: np.ndarray) -> np.ndarray:
-        """Each row to the patch around its database keypoint, one database image at a time (working
-        pixels: (x + 0.5) * scale - 0.5)."""
+        """Each row to the patch around its database keypoint, one database image at a time."""
         refined = keypoints.copy()
         for name, rows in groups.items():
             db_image, db_scale = self.database(name)
-            aligned = refine_pair_keypoints(db_image, query_image, (db_keypoints[rows] + 0.5) * db_scale - 0.5,
-                                            (keypoints[rows] + 0.5) * scale - 0.5, self.config.patch,
+            aligned = refine_pair_keypoints(db_image, query_image, to_working(db_keypoints[rows], db_scale),
+                                            to_working(keypoints[rows], scale), self.config.patch,
                                             self.config.affine, self.config.epipolar_threshold)
-            refined[rows] = (aligned + 0.5) / scale - 0.5
+            refined[rows] = to_original(aligned, scale)
         return refined
 
     def log(self) -> None:

@@ -8,10 +8,11 @@ from .keypoints import KeypointAdjustment, adjust_keypoints, descriptors_at, ref
 from .local_affine import local_linear_maps
 from .optimize import align
 from .patches import prepare_image
-from .photometric import adjust_keypoints_photometric, align_matched_keypoints, refine_pair_keypoints
+from .photometric import (adjust_keypoints_photometric, align_matched_keypoints, refine_pair_keypoints, to_original,
+                          to_working, working_image)
 from .tracks import Tracks, build_tracks
 
 __all__ = ["DENSE_LAYERS", "AffineConfig", "DenseMap", "KeypointAdjustment", "PatchConfig", "SolverConfig", "Tracks",
            "adjust_keypoints", "adjust_keypoints_photometric", "align", "align_matched_keypoints", "backbone",
            "build_tracks", "dense_maps", "descriptors_at", "epipolar_inliers", "local_linear_maps", "prepare_image",
-           "refine_pair_keypoints", "refine_query_keypoints"]
+           "refine_pair_keypoints", "refine_query_keypoints", "to_original", "to_working", "working_image"]

@@ -25,7 +25,7 @@ from ..extractor import resolve_device
 from ..fingerprint import file_fingerprint, settings_fingerprint
 from ..h5io import (FEATURE_ID, H5_SUFFIXES, atomic_h5, current_file, list_h5_names, open_h5,
                     prune_incomplete, read_keypoints, read_matches, remove_h5_output, stored_feature_id)
-from ..images import read_image, resize, resized_size
+from ..images import read_image, resized_size
 from ..locking import output_lock
 from ..paths import check_output_path, resolve_inside
 from ..weights import load_model
@@ -33,7 +33,7 @@ from .dense import backbone, dense_maps
 from .geometry import epipolar_inliers
 from .keypoints import adjust_keypoints
 from .patches import prepare_image
-from .photometric import adjust_keypoints_photometric
+from .photometric import adjust_keypoints_photometric, working_image
 from .tracks import build_tracks
 
 logger = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def image_reader(image_dir: Path, features: Path, names: list[str], config: Refi
         if (width, height) != sizes[image]:
             raise RefineError(f"image {path} is {width}x{height} but its features in {features} were extracted "
                               f"from a {sizes[image][0]}x{sizes[image][1]} image; extract it again")
-        return resize(rgb, resized_size(width, height, config.max_edge, config.max_sum_edges))
+        return working_image(rgb, config.max_edge, config.max_sum_edges)[0]
     return read
 
 

@@ -26,11 +26,21 @@ from .tracks import Tracks, node_image
 ImageLoader = Callable[[int], torch.Tensor]  # image index -> patches.prepare_image(...) of its working image
 
 
+def working_image(image_rgb: np.ndarray, max_edge: int | None, max_sum_edges: int | None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB image (H, W, 3) resized like extraction, and its working / original size (2,) (x, y)."""
+    height, width = image_rgb.shape[:2]
+    small = resize(image_rgb, resized_size(width, height, max_edge, max_sum_edges))
+    return small, np.array([small.shape[1] / width, small.shape[0] / height], np.float32)
+
+
 def to_working(points: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Original pixels (N, 2) -> working pixels, integer = pixel centre in both."""
     return (points + 0.5) * scale - 0.5
 
 
 def to_original(points: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Working pixels (N, 2) -> original pixels, integer = pixel centre in both."""
     return (points + 0.5) / scale - 0.5
 
 
@@ -173,10 +183,9 @@ def align_matched_keypoints(reference_image: np.ndarray, target_image: np.ndarra
     correspondence (pixsfm's query keypoint adjustment)."""
     stacks, scales = [], []
     for image in (reference_image, target_image):
-        height, width = image.shape[:2]
-        small = resize(image, resized_size(width, height, max_edge, max_sum_edges))
+        small, scale = working_image(image, max_edge, max_sum_edges)
         stacks.append(prepare_image(small, patch.blur, device, patch.colour))
-        scales.append(np.array([small.shape[1] / width, small.shape[0] / height], np.float32))
+        scales.append(scale)
     reference_working = to_working(np.asarray(reference_points, np.float32), scales[0])
     target_working = to_working(np.asarray(target_points, np.float32), scales[1])
     working = refine_pair_keypoints(stacks[0], stacks[1], reference_working, target_working, patch, affine,
