@@ -131,7 +131,10 @@ def add_refine_argument(parser: argparse.ArgumentParser, what: str) -> None:
     """--refine of the commands that refine keypoints before geometry; `what`: which keypoints."""
     parser.add_argument("--refine", choices=REFINE_MODES, default=RefineConfig.mode,
                         help=f"keypoint refinement: keypoints ({what}, by photometric patch alignment along "
-                             "tracks; OUT/*refined.h5, the input features stay as they are) or none")
+                             "tracks; OUT/*refined.h5, the input features stay as they are), keypoints+bundle "
+                             "(then, after geometry, every observation of each 3D point aligned to one reference, "
+                             "inconsistent ones dropped, and a featuremetric bundle adjustment of the poses and "
+                             "points) or none")
 
 
 def refine_config_from_args(args: argparse.Namespace) -> RefineConfig:

@@ -117,7 +117,23 @@ class AffineConfig:
     chunk: int = 2048  # queries per batch (memory: chunk x trials x neighbours)
 
 
-REFINE_MODES = ("none", "keypoints")
+@dataclass(frozen=True)
+class BundleConfig:
+    """Featuremetric bundle adjustment after mapping (--refine keypoints+bundle): every observation of
+    each 3D point is aligned to the point's reference observation (Lucas-Kanade on patches), the
+    photometrically inconsistent ones leave the model, and poses and points minimise the patch cost's
+    quadratic model at each aligned position (anisotropic: an edge constrains only across itself)."""
+    bound: float = 2.0  # largest move per axis of a realigned observation (px; keypoints were adjusted already)
+    affine_steps: int = 5  # of the realignment (keypoint adjustment's 10 took 60% longer on Sceaux, same result)
+    pixel_sigma: float = 0.5  # the median observation's position uncertainty (px) its information is scaled to
+    information_floor: float = 0.05  # smallest eigenvalue kept, as a fraction of the mean one (no flat directions)
+    loss_scale: float = 2.0  # Cauchy scale on whitened residuals (units of pixel_sigma for a median observation)
+    max_iterations: int = 50  # Levenberg-Marquardt steps per round
+    function_tolerance: float = 1e-6  # relative cost decrease that ends them (Cauchy reweighting converges linearly)
+    max_reprojection_error: float = 4.0  # px: observations farther after adjustment leave (COLMAP's filter)
+
+
+REFINE_MODES = ("none", "keypoints", "keypoints+bundle")
 REFINE_METHODS = ("patches", "features")
 FEATURE_ONLY = ("layers", "bounds", "loss_scale", "iterations", "weights")  # settings of method features
 PATCH_ONLY = ("patch", "affine")  # settings of method patches
@@ -126,17 +142,20 @@ REFINE_PERFORMANCE_ONLY = ("cache_mb", "chunk")
 
 @dataclass(frozen=True)
 class RefineConfig:
-    # "none" | "keypoints". Measured (pipelines/benchmark_accuracy.py --sets kermit,sceaux,sample): keypoints
-    # with method patches lowers the mean reprojection error on every set (kermit 1.26 -> 1.01 px, Sceaux
-    # 1.16 -> 0.78, sample scene 1.14 -> 0.63) and the sample scene's max rotation error (0.18 -> 0.11 deg)
-    # for 2-7 s of refinement (<= 11% of reconstruct's time); method features (without the epipolar
-    # filter) did 1.13 / 1.10 / 0.86 px and 0.29 deg for +60..110% of the time.
+    # "none" | "keypoints" | "keypoints+bundle". Measured in one run (pipelines/benchmark_accuracy.py,
+    # incremental mapper): mean reprojection error none / keypoints / keypoints+bundle kermit 1.26 / 1.01 /
+    # 0.64 px, Sceaux 1.16 / 0.90 / 0.45; median relative rotation against COLMAP SIFT's model kermit
+    # 0.97 / 0.51 / 0.27 deg, Sceaux 0.87 / 0.85 / 0.19; temple's against its ground truth 10.3 / 11.9 /
+    # 2.0; synthetic Aachen median position 0.052 / 0.011 / 0.008 m. Not the default: on the temple
+    # without known intrinsics, refinement builds a wrong 5-view model (18 deg median relative rotation
+    # error) that no reliability check flags, where none's wrong model is flagged (its focal length).
     mode: str = "none"
     # "patches" | "features". Mean MMA@1 over the five real homography pairs (pipelines/eval_homography.py
     # --refine --refine-method patches,features): none 0.068, features 0.138, patches 0.304.
     method: str = "patches"
     patch: PatchConfig = PatchConfig()  # method patches: the Lucas-Kanade alignment
     affine: AffineConfig = AffineConfig()  # method patches: the local affine shapes that start it
+    bundle: BundleConfig = BundleConfig()  # mode keypoints+bundle: the adjustment after mapping
     layers: tuple[str, ...] = ("conv3_3", "conv1_2")  # dense levels, coarse to fine
     bounds: tuple[float, ...] = (1.0, 2.0)  # largest move per axis at each level, in that level's cells
     max_edge: int | None = 1600  # the dense features' image size (resized like extraction)
@@ -164,7 +183,18 @@ class RefineConfig:
                       max_edge=self.max_edge is not None and self.max_edge < 16,
                       loss_scale=not self.loss_scale > 0, iterations=self.iterations < 1,
                       epipolar_threshold=self.epipolar_threshold is not None and not self.epipolar_threshold > 0,
-                      cache_mb=self.cache_mb < 0, chunk=self.chunk < 1)
+                      cache_mb=self.cache_mb < 0, chunk=self.chunk < 1,
+                      bundle_bound=not 0 < self.bundle.bound <= 32,
+                      bundle_affine_steps=self.bundle.affine_steps < 0,
+                      bundle_pixel_sigma=not self.bundle.pixel_sigma > 0,
+                      bundle_loss_scale=not self.bundle.loss_scale > 0,
+                      bundle_information_floor=not 0 < self.bundle.information_floor <= 1,
+                      bundle_max_iterations=self.bundle.max_iterations < 1,
+                      bundle_max_reprojection_error=not self.bundle.max_reprojection_error > 0)
+
+    @property
+    def bundle_adjusts(self) -> bool:
+        return self.mode == "keypoints+bundle"
 
     def solvers(self) -> list[SolverConfig]:
         return [SolverConfig(self.loss_scale, bound, self.iterations, chunk=self.chunk) for bound in self.bounds]
@@ -172,6 +202,10 @@ class RefineConfig:
     def settings(self) -> dict[str, object]:
         """Everything that changes the refined keypoints (weights: the resolved name is added by main)."""
         unused = PATCH_ONLY if self.method == "features" else FEATURE_ONLY
+        if self.bundle_adjusts:  # the bundle adjustment aligns patches whatever the method
+            unused = tuple(name for name in unused if name not in PATCH_ONLY)
+        else:
+            unused += ("bundle",)  # runs made before bundle existed stay valid
         settings = {k: v for k, v in asdict(self).items() if k not in REFINE_PERFORMANCE_ONLY + unused}
         for name in set(PATCH_ONLY) - set(unused):
             settings[name] = {k: v for k, v in settings[name].items() if k not in REFINE_PERFORMANCE_ONLY}

@@ -3,7 +3,7 @@
 python -m d2_sfm.localize --dataset aachen|aachen_v1_1|inloc|kapture [--root DIR] [--output OUT]
                           [--pairs FILE] [--num-retrieved K] [--num-covisible K]
                           [--covisibility-clustering] [--ransac-max-error PX] [--ground-truth FILE]
-                          [--refine none|keypoints] [--weights NAME|PATH] [--multiscale] [--max-edge N] ...
+                          [--refine none|keypoints|keypoints+bundle] [--weights NAME|PATH] [--multiscale] [--max-edge N] ...
                           [--executor local|ray] [--ray-address ADDR] [--ray-gpus-per-task G]
 
 The recipe (each step resumable; rerunning continues where it stopped):
@@ -13,7 +13,9 @@ The recipe (each step resumable; rerunning continues where it stopped):
    cutouts);
 3. 3D. Aachen: pair covisible database images (the reference model's points), match them, with
    `--refine keypoints` refine their keypoints (`d2_sfm.refine`, OUT/features-db-refined.h5), and
-   triangulate D2 points with the reference poses held fixed (`d2_sfm.triangulate`). InLoc: the
+   triangulate D2 points with the reference poses held fixed (`d2_sfm.triangulate`; with
+   `--refine keypoints+bundle` the points then get a featuremetric bundle adjustment, poses fixed,
+   `d2_sfm.refinement.bundle`). InLoc: the
    cutouts' XYZcut scans, nothing to build;
 4. match each query with its retrieved database images (`d2_sfm.match`);
 5. 2D-3D correspondences (Aachen: through the triangulated model, optionally per covisibility

@@ -3,7 +3,7 @@
 python -m d2_sfm.reconstruct [--images DIR] --output OUT [--weights NAME|PATH] [--multiscale]
     [--max-edge N] [--pairs exhaustive|sequential|retrieval] [--pairs-file FILE] [--num-matched K]
     [--camera-mode auto|single|per_image|per_folder] [--camera-params fx,fy,cx,cy]
-    [--refine keypoints|none] [--mapper incremental|global] [--executor local|ray] [--overwrite]
+    [--refine none|keypoints|keypoints+bundle] [--mapper incremental|global] [--executor local|ray] [--overwrite]
 
 Steps (each skipped when its outputs are complete and were made with the same settings, so an
 interrupted or repeated run resumes where it stopped; `OUT/steps.json` records them):
@@ -18,6 +18,11 @@ interrupted or repeated run resumes where it stopped; `OUT/steps.json` records t
   map       OUT/sfm/            best model of pycolmap's incremental mapping, or of its global
                                 mapping (GLOMAP; focal lengths first calibrated from the view graph,
                                 in a copy of the database, unless all intrinsics are known)
+            with --refine keypoints+bundle, then a featuremetric bundle adjustment of the model:
+                                every observation of each 3D point aligned to the point's best-
+                                reprojecting observation, the ones whose patches do not correlate
+                                dropped, poses and points fitted to the aligned positions with each
+                                patch's 2x2 information (d2_sfm.refinement.bundle)
             OUT/points.ply, OUT/summary.json, OUT/overview.png (top view); COLMAP's log: OUT/colmap.log
 
 Without --images the embedded sample scene is generated (once) under datasets/sample_scene and

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--matches", type=Path, required=True, help="raw matches HDF5 (hloc format)")
     parser.add_argument("--pairs", type=Path, required=True, help="pairs file whose matches form the tracks")
     parser.add_argument("--output", type=Path, required=True, help="refined features HDF5")
-    parser.add_argument("--mode", choices=MODES[1:], default="keypoints")
+    parser.add_argument("--mode", choices=("keypoints",), default="keypoints")  # the bundle needs a model
     parser.add_argument("--method", choices=METHODS, default=RefineConfig.method,
                         help="patches: affine Lucas-Kanade on image patches; features: dense D2 backbone features")
     parser.add_argument("--patch-size", type=int, default=PatchConfig.size, help="method patches: patch side (px)")

@@ -189,6 +189,8 @@ def main(reference: pycolmap.Reconstruction | Path, image_dir: Path, pairs: Path
             features = refined_features(image_dir, features, matches, pair_list, output_dir, config.refine, device)
         triangulated = build_and_triangulate(model, image_dir, names, pair_list, features, matches, output_dir,
                                              config, mapper_options)
+        if config.refine.bundle_adjusts:
+            adjust_points(triangulated, image_dir, output_dir, config.refine, device)
     logger.info("Triangulated %d points from %d images in %.1f s (model in %s)", triangulated.num_points3D(),
                 triangulated.num_reg_images(), time.time() - start, output_dir)
     return triangulated
@@ -203,6 +205,16 @@ def refined_features(image_dir: Path, features: Path, matches: Path, pair_list: 
     output = output_dir / "features-refined.h5"
     refine_features_file(image_dir, features, matches, pair_list, output, refine, device)
     return output
+
+
+def adjust_points(model: pycolmap.Reconstruction, image_dir: Path, output_dir: Path, refine: RefineConfig,
+                  device: str) -> None:
+    """Featuremetric bundle adjustment of the triangulated points, the poses held fixed; the model in
+    `output_dir` is rewritten."""
+    from .refinement.bundle import adjust_reconstruction, image_loader  # noqa: PLC0415  (torch)
+
+    adjust_reconstruction(model, image_loader(image_dir, refine, device), refine, device, constant_poses=True)
+    model.write(str(output_dir))
 
 
 def check_image_sizes(model: pycolmap.Reconstruction, features: Path, names: set[str]) -> None:

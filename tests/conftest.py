@@ -40,14 +40,17 @@ def hed_extractor_factory():
 @pytest.fixture(scope="session")
 def small_reconstruction(tmp_path_factory) -> Path:
     """A real reconstruct output folder, made once per session: 6 views of the sample scene at
-    320 x 240 with hed_vgg16 (about 15 s). Its scene is in ../scene/images. Copy it before changing it."""
+    320 x 240 with hed_vgg16 (about 15 s), without refinement (the refinement tests start from its
+    raw keypoints and model). Its scene is in ../scene/images. Copy it before changing it."""
     from d2_sfm import reconstruct
+    from d2_sfm.configs import RefineConfig
     from d2_sfm.datasets.sample_scene import write_sample_scene
     from d2_sfm.extractor import ExtractionConfig
 
     root = tmp_path_factory.mktemp("small_reconstruction")
     scene = write_sample_scene(root / "scene", num_views=6, size=(320, 240))
-    config = reconstruct.ReconstructionConfig(weights="hed_vgg16", extraction=ExtractionConfig(max_edge=320))
+    config = reconstruct.ReconstructionConfig(weights="hed_vgg16", extraction=ExtractionConfig(max_edge=320),
+                                              refine=RefineConfig(mode="none"))
     reconstruct.main(scene / "images", root / "out", config)
     return root / "out"
 

@@ -76,6 +76,16 @@ def test_aachen_modes_switch_and_resume_without_mixing(tmp_path, extractor):
     assert header["settings"]["config"]["refine"]["mode"] == "keypoints"
     assert refined.read_text() != plain_poses  # refined query keypoints give other poses
 
+    refined_model = pycolmap.Reconstruction(str(paths.sfm))
+    adjusted, summary = run("aachen_v1_1", root, paths.output, extractor, "keypoints+bundle")
+    assert summary["timings_s"]["bundle_db"] > 0 and summary["num_localized"] == summary["num_queries"]
+    adjusted_model = pycolmap.Reconstruction(str(paths.sfm))  # points adjusted, reference poses kept
+    assert (adjusted_model.compute_mean_reprojection_error()
+            < 0.9 * refined_model.compute_mean_reprojection_error())
+    for image in refined_model.images.values():
+        other = adjusted_model.find_image_with_name(image.name)
+        assert np.allclose(other.cam_from_world().matrix(), image.cam_from_world().matrix(), atol=1e-9)
+
     again, _ = run("aachen_v1_1", root, paths.output, extractor, "none")  # back: rebuilt, not reused
     assert again.read_text() == plain_poses
     for name, points in model_keypoints(paths.sfm).items():

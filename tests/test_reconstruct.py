@@ -110,6 +110,14 @@ def test_assessment_flags_weak_registrations(mapped):
     strict = ReliabilityConfig(strong_pair_inliers=10 ** 6)
     flagged = reconstruct.assess_model(model, summary.pairs, summary.camera_sources, cameras, 6, strict)
     assert flagged.status == "unreliable" and set(flagged.weak_images) == set(model_poses(model))
+    # counts at registration (before a bundle adjustment dropped observations) replace the model's
+    few = min(model.images.values(), key=lambda image: image.num_points3D)
+    counted = {image.name: image.num_points3D for image in model.images.values() if image.has_pose}
+    thin = reconstruct.assess_model(model, summary.pairs, summary.camera_sources, cameras, 6, ReliabilityConfig(),
+                                    {**counted, few.name: 12})
+    assert thin.status == "unreliable" and set(thin.weak_images) == {few.name} and "12 3D points" in thin.warnings[0]
+    assert reconstruct.assess_model(model, summary.pairs, summary.camera_sources, cameras, 6, ReliabilityConfig(),
+                                    counted).status == "partial"
 
 
 def test_stability_check_stops_after_one_clearly_stable_rerun(mapped, tmp_path):

@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import match, refine, triangulate
 from ..atomic import write_json
+from ..configs import RefineConfig
 from ..colmap import pycolmap
 from ..datasets import DatasetError
 from ..datasets.aachen import DATABASE_FILE, DB_INTRINSICS_FILE, IMAGE_DIR, MODEL_V1_1_DIR, NVM_FILE, AachenDataset
@@ -142,8 +143,13 @@ class AachenScene:
                             paths.db_refined_features, config.refine, workers.device)
             features = paths.db_refined_features
         with timer("triangulate"):
-            triangulate.main(self.reference, self.image_dir, paths.db_pairs, features, paths.db_matches,
-                             paths.sfm, mapper_options=triangulation_options())
+            # this scene refines the keypoints itself (above) and adjusts the points (below)
+            plain = triangulate.TriangulationConfig(refine=RefineConfig(mode="none"))
+            model = triangulate.main(self.reference, self.image_dir, paths.db_pairs, features, paths.db_matches,
+                                     paths.sfm, plain, mapper_options=triangulation_options())
+        if config.refine.bundle_adjusts:
+            with timer("bundle_db"):
+                triangulate.adjust_points(model, self.image_dir, paths.sfm, config.refine, workers.device)
         write_json(stamp, {"key": key, "parts": parts})
 
     def query_inputs(self, name: str, retrieved: list[str], stamps: StampCache) -> str:

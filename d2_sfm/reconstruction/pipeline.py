@@ -26,6 +26,7 @@ from ..images import ImageListing, list_images, list_images_report, read_image_h
 from ..locking import output_lock
 from ..matching import MatcherConfig
 from ..pairs import PairsConfig
+from ..refinement.bundle import adjust_reconstruction, image_loader
 from ..configs import RefineConfig
 from ..paths import check_pair_key_collisions, resolve_inside
 from ..report import write_report_or_warn
@@ -177,28 +178,43 @@ class Pipeline:
             raise ReconstructionError(f"pycolmap's {mapper.method} mapper found {found} among "
                                       f"{sum(s.kept for s in stats)} verified pairs (see {self.out.log}); more "
                                       "overlap between images, more images, or --multiscale may help")
+        timings = {"map": time.time() - start}
+        notes: dict[str, object] = {"num_models": len(models)}
+        if self.config.refine.bundle_adjusts:
+            timings["bundle"], adjusted = self.bundle_adjust(best)
+            notes.update(adjusted)
         self.out.sfm.mkdir(parents=True)
         best.write(str(self.out.sfm))
         best.export_PLY(str(self.out.ply))
         if len(models) == 1:
             shutil.rmtree(self.out.models, ignore_errors=True)
         save_overview(best, self.out.overview)
-        timings = {"map": time.time() - start}
         start = time.time()
-        stability = self.check_stability(best, stats, known)
+        stability = self.check_stability(best, stats, known, notes.get("registration_points"))
         if stability is not None:
             timings["stability"] = time.time() - start
-        return timings, {"num_models": len(models), "stability": stability or []}
+        return timings, {**notes, "stability": stability or []}
+
+    def bundle_adjust(self, model: pycolmap.Reconstruction) -> tuple[float, dict[str, object]]:
+        """Featuremetric bundle adjustment of the mapped model, in place: its seconds and notes. The
+        registration evidence stays the mapper's counts: the bundle drops observations by a stricter
+        test (photometric), which would otherwise read as weakly registered images."""
+        registered = {image.name: image.num_points3D for image in model.images.values() if image.has_pose}
+        report = adjust_reconstruction(model, image_loader(self.image_dir, self.config.refine, self.config.device),
+                                       self.config.refine, self.config.device)
+        return report.seconds, {"bundle": report.as_dict(), "registration_points": registered}
 
     def check_stability(self, best: pycolmap.Reconstruction, stats: list[colmap_db.PairStats],
-                        known_camera_ids: list[int]) -> list[dict[str, object]] | None:
+                        known_camera_ids: list[int], registration_points: dict[str, int] | None
+                        ) -> list[dict[str, object]] | None:
         """Stability runs (None: not run), unless the model is too large, or already flagged by the
         cheaper checks (the status is UNRELIABLE either way)."""
         reliability = self.config.reliability
         if not reliability.stability_runs or len(self.names) > reliability.stability_max_images:
             return None
         assessment = assess_model(best, stats, self.log.get("database", "camera_sources", {}),
-                                  initial_cameras(self.out.database), len(self.names), reliability)
+                                  initial_cameras(self.out.database), len(self.names), reliability,
+                                  registration_points)
         if assessment.status == "unreliable":
             logger.info("Stability check skipped: the model is already flagged unreliable")
             return None
@@ -255,7 +271,8 @@ class Pipeline:
         reconstruction = pycolmap.Reconstruction(str(self.out.sfm))
         stats = colmap_db.read_pair_stats(self.out.pair_stats)
         assessment = assess_model(reconstruction, stats, self.log.get("database", "camera_sources", {}),
-                                  initial_cameras(self.out.database), len(listed), self.config.reliability)
+                                  initial_cameras(self.out.database), len(listed), self.config.reliability,
+                                  self.log.get("map", "registration_points"))
         data: dict[str, object] = {"status": assessment.status, "images": str(self.image_dir),
                                    "num_images": len(listed), "num_with_features": len(self.names)}
         data.update(model_statistics(reconstruction))
@@ -276,6 +293,8 @@ class Pipeline:
             data["warnings"].append(f"the images formed {num_models} separate models; the largest is in sfm/, "
                                     f"all of them in {self.out.models.name}/")  # relative: outputs can move
         data["pairs"] = pair_counts(stats)
+        if self.config.refine.bundle_adjusts:
+            data["bundle"] = self.log.get("map", "bundle", {})
         if self.ground_truth:
             data["ground_truth"], _ = ground_truth_report(reconstruction, self.ground_truth)
         data["timings"] = {**self.timings, "total": sum(self.timings.values())}

@@ -47,8 +47,13 @@ class Assessment:
 
 def assess_model(reconstruction: pycolmap.Reconstruction, pair_stats: list[PairStats],
                  camera_sources: dict[str, str], initial_cameras: dict[int, pycolmap.Camera],
-                 num_images: int, config: ReliabilityConfig) -> Assessment:
-    """Flag registrations that rest on weak evidence, and implausible focal lengths."""
+                 num_images: int, config: ReliabilityConfig,
+                 registration_points: dict[str, int] | None = None) -> Assessment:
+    """Flag registrations that rest on weak evidence, and implausible focal lengths.
+
+    `registration_points`: the 3D points each image observed when the mapper registered it, where
+    a later stage (the featuremetric bundle adjustment) dropped observations by a stricter test;
+    by default the model's own counts."""
     assessment = Assessment()
     registered = {im.name: im for im in reconstruction.images.values() if im.has_pose}
     core = strongly_connected_core(sorted(registered), verified_graph(pair_stats),
@@ -59,8 +64,9 @@ def assess_model(reconstruction: pycolmap.Reconstruction, pair_stats: list[PairS
                                             f"pairs with fewer than {config.strong_pair_inliers} inliers"
                                             if core else f"no verified pair with {config.strong_pair_inliers}+ "
                                             "inliers to another registered image")
-        elif image.num_points3D < config.min_image_points3D:
-            assessment.weak_images[name] = f"observes {image.num_points3D} 3D points (< {config.min_image_points3D})"
+        elif (registration_points or {}).get(name, image.num_points3D) < config.min_image_points3D:
+            observed = (registration_points or {}).get(name, image.num_points3D)
+            assessment.weak_images[name] = f"observes {observed} 3D points (< {config.min_image_points3D})"
     for camera_id, camera in reconstruction.cameras.items():
         names = sorted(n for n, im in registered.items() if im.camera_id == camera_id)
         if names:

@@ -1,6 +1,8 @@
 """Keypoint refinement (Pixel-Perfect SfM's keypoint adjustment, reimplemented in torch): tentative
 tracks from raw matches, then batched bounded alignment of every track keypoint to its root, either
-photometric (affine Lucas-Kanade on image patches) or featuremetric (dense low-level D2 features)."""
+photometric (affine Lucas-Kanade on image patches) or featuremetric (dense low-level D2 features).
+After mapping, `refinement.bundle` (imported where it is used) realigns the observations of each 3D
+point and adjusts poses and points: featuremetric bundle adjustment, solved by `bundle_solver`."""
 from ..configs import DENSE_LAYERS, AffineConfig, PatchConfig, SolverConfig
 from .dense import DenseMap, backbone, dense_maps
 from .geometry import epipolar_inliers

@@ -13,6 +13,8 @@ Coordinates are pixels of the working (possibly resized) image, integer = pixel 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 import torch
@@ -75,17 +77,35 @@ def align(stack: torch.Tensor, template: torch.Tensor, start: torch.Tensor, line
 
     template (N, K C) from `templates` (same channels); start (N, 2) target pixels; linear (N, 2, 2) the initial
     linear part of the reference -> target warp. Keypoints that fail keep their start."""
-    out, scores = [], []
+    result = align_detailed(stack, template, start, linear, config, information=False)
+    return torch.where(result.ok[:, None], result.points, start), result.ncc
+
+
+@dataclass
+class Alignment:
+    points: torch.Tensor  # (N, 2) aligned target pixels (also where the alignment failed)
+    ncc: torch.Tensor  # (N,) final normalised correlation
+    ok: torch.Tensor  # (N,) bool: correlation >= min_ncc and a plausible warp
+    information: torch.Tensor | None  # (N, 2, 2) J^T J of the residuals w.r.t. the translation, at the end
+
+
+def align_detailed(stack: torch.Tensor, template: torch.Tensor, start: torch.Tensor, linear: torch.Tensor,
+                   config: PatchConfig, information: bool = True) -> Alignment:
+    """`align` with every outcome kept: where each alignment ended, whether it passed, and (for
+    bundle adjustment) how sharply its cost constrains the keypoint's position."""
+    parts: list[Alignment] = []
     with single_thread(start.device):
         for begin in range(0, len(start), config.chunk):
             end = begin + config.chunk
-            points, ncc = align_chunk(stack, template[begin:end].float(), start[begin:end].float(),
-                                      linear[begin:end].float(), config)
-            out.append(points)
-            scores.append(ncc)
-    if not out:
-        return start.new_zeros((0, 2)), start.new_zeros(0)
-    return torch.cat(out), torch.cat(scores)
+            parts.append(align_chunk(stack, template[begin:end].float(), start[begin:end].float(),
+                                     linear[begin:end].float(), config, information))
+    if not parts:
+        empty = start.new_zeros(0)
+        return Alignment(start.new_zeros((0, 2)), empty, empty.bool(),
+                         start.new_zeros((0, 2, 2)) if information else None)
+    return Alignment(torch.cat([p.points for p in parts]), torch.cat([p.ncc for p in parts]),
+                     torch.cat([p.ok for p in parts]),
+                     torch.cat([p.information for p in parts]) if information else None)
 
 
 def jacobian_columns(gx: torch.Tensor, gy: torch.Tensor, offsets: torch.Tensor, affine: bool) -> torch.Tensor:
@@ -111,12 +131,13 @@ def cauchy_cost(residual: torch.Tensor, scale: float) -> torch.Tensor:
     return (a2 * torch.log1p(residual * residual / a2)).mean(-1)
 
 
-def normal_equations(stack: torch.Tensor, warp: torch.Tensor, offsets: torch.Tensor, template: torch.Tensor,
-                     affine: bool, loss_scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """IRLS Gauss-Newton system (n, P, P), (n, P) and the robust cost (n,) at the current warps."""
-    residual, samples, sigma = residuals(stack, warp, offsets, template)
+def normal_equations(residual: torch.Tensor, samples: torch.Tensor, sigma: torch.Tensor, template: torch.Tensor,
+                     offsets: torch.Tensor, affine: bool, loss_scale: float
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """IRLS Gauss-Newton system (n, P, P), (n, P) and the robust cost (n,) at the warps where
+    `residuals` gave residual, samples and sigma."""
     normalised = residual + template
-    channels = stack.shape[0] // 3
+    channels = samples.shape[-1] // 3
     raw = jacobian_columns(samples[..., channels:2 * channels], samples[..., 2 * channels:], offsets, affine)
     centred = (raw - raw.mean(1, keepdim=True)).flatten(1, 2)  # (n, K C, P)
     # derivative of the normalisation (zero mean, unit variance) of the samples, exactly
@@ -129,11 +150,14 @@ def normal_equations(stack: torch.Tensor, warp: torch.Tensor, offsets: torch.Ten
 
 
 def align_chunk(stack: torch.Tensor, template: torch.Tensor, start: torch.Tensor, linear: torch.Tensor,
-                config: PatchConfig) -> tuple[torch.Tensor, torch.Tensor]:
+                config: PatchConfig, information: bool) -> Alignment:
     offsets = grid(config.size, start.device)
     lower = torch.clamp(start - config.bound, min=0.0)  # refined keypoints stay inside the image
     upper = torch.minimum(start + config.bound, start.new_tensor([stack.shape[2] - 1, stack.shape[1] - 1]))
     warp = torch.cat([linear, start[:, :, None]], -1)  # (N, 2, 3)
+    # residuals, samples and deviations at the current warps: a step's trial samples become the next
+    # linearisation's when the step is taken (one image lookup per step, not two)
+    state = list(residuals(stack, warp, offsets, template))
     stages = [(False, config.translation_steps), (True, config.affine_steps)]
     for affine, steps in stages:
         damping = torch.full((len(start),), 1e-3, device=start.device)
@@ -143,8 +167,8 @@ def align_chunk(stack: torch.Tensor, template: torch.Tensor, start: torch.Tensor
             if len(index) == 0:
                 break
             current = warp[index]
-            hessian, gradient, cost = normal_equations(stack, current, offsets, template[index], affine,
-                                                       config.loss_scale)
+            hessian, gradient, cost = normal_equations(*(part[index] for part in state), template[index], offsets,
+                                                       affine, config.loss_scale)
             diagonal = torch.diagonal(hessian, dim1=1, dim2=2)
             system = hessian + torch.diag_embed(damping[index, None] * diagonal + 1e-9)
             delta, info = torch.linalg.solve_ex(system, -gradient[..., None])
@@ -155,16 +179,35 @@ def align_chunk(stack: torch.Tensor, template: torch.Tensor, start: torch.Tensor
             else:
                 candidate[:, :, 2] += delta[..., 0]
             candidate[:, :, 2] = torch.maximum(torch.minimum(candidate[:, :, 2], upper[index]), lower[index])
-            new_cost = cauchy_cost(residuals(stack, candidate, offsets, template[index])[0], config.loss_scale)
-            better = new_cost < cost
+            trial = residuals(stack, candidate, offsets, template[index])
+            better = cauchy_cost(trial[0], config.loss_scale) < cost
             moved = (candidate[:, :, 2] - current[:, :, 2]).abs().amax(-1)
             warp[index] = torch.where(better[:, None, None], candidate, current)
+            taken = index[better]
+            for part, new in zip(state, trial):
+                part[taken] = new[better]
             damping[index] = torch.where(better, damping[index] * 0.3, damping[index] * 10).clamp(1e-6, 1e6)
             active[index] = ~((better & (moved < config.tolerance)) | (damping[index] >= 1e6))
-    residual = residuals(stack, warp, offsets, template)[0]
+    residual = state[0]
     ncc = 1 - residual.pow(2).mean(-1) / 2  # both sides have zero mean and unit variance
     ok = torch.isfinite(ncc) & (ncc >= config.min_ncc) & plausible(warp[:, :, :2], linear, config.max_distortion)
-    return torch.where(ok[:, None], warp[:, :, 2], start), ncc
+    hessian = (normal_equations(*state, template, offsets, False, config.loss_scale)[0] if information else None)
+    return Alignment(warp[:, :, 2], ncc, ok, hessian)
+
+
+def translation_information(stack: torch.Tensor, template: torch.Tensor, centres: torch.Tensor,
+                            linear: torch.Tensor, config: PatchConfig) -> torch.Tensor:
+    """(N, 2, 2) J^T J of the residuals w.r.t. the translation at warps [linear | centres], without
+    aligning (a reference observation against its own template)."""
+    offsets = grid(config.size, centres.device)
+    parts = []
+    with single_thread(centres.device):
+        for begin in range(0, len(centres), config.chunk):
+            end = begin + config.chunk
+            warp = torch.cat([linear[begin:end].float(), centres[begin:end, :, None].float()], -1)
+            state = residuals(stack, warp, offsets, template[begin:end].float())
+            parts.append(normal_equations(*state, template[begin:end].float(), offsets, False, config.loss_scale)[0])
+    return torch.cat(parts) if parts else centres.new_zeros((0, 2, 2))
 
 
 def plausible(linear: torch.Tensor, initial: torch.Tensor, limit: float) -> torch.Tensor:
