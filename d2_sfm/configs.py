@@ -145,7 +145,7 @@ class RefineConfig:
     # "none" | "keypoints" | "keypoints+bundle". Measured in one run (pipelines/benchmark_accuracy.py,
     # incremental mapper): mean reprojection error none / keypoints / keypoints+bundle kermit 1.26 / 1.01 /
     # 0.64 px, Sceaux 1.16 / 0.90 / 0.45; median relative rotation against COLMAP SIFT's model kermit
-    # 0.97 / 0.51 / 0.27 deg, Sceaux 0.87 / 0.85 / 0.19; temple's against its ground truth 10.3 / 11.9 /
+    # 0.96 / 0.52 / 0.26 deg, Sceaux 0.89 / 0.87 / 0.21; temple's against its ground truth 10.3 / 12.0 /
     # 2.0; synthetic Aachen median position 0.052 / 0.011 / 0.008 m. Not the default: on the temple
     # without known intrinsics, refinement builds a wrong 5-view model (18 deg median relative rotation
     # error) that no reliability check flags, where none's wrong model is flagged (its focal length).
