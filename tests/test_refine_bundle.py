@@ -4,6 +4,8 @@ poses and points. On the real sample-scene reconstruction of the session (6 view
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,8 +99,9 @@ def test_an_observation_on_the_wrong_spot_leaves_or_stays_bounded(model, loader)
         assert report.photometric_outliers + report.reprojection_outliers >= 1
 
 
-def test_reconstruct_with_bundle_resumes_from_mapping_and_reports_it(run_dir):
+def test_reconstruct_with_bundle_resumes_from_mapping_and_reports_it(run_dir, tmp_path):
     images = run_dir.parent / "scene" / "images"
+    run_dir = Path(shutil.copytree(run_dir, tmp_path / "out"))  # the other tests read the module's model
     before = json.loads((run_dir / "steps.json").read_text())
     config = ReconstructionConfig(weights="hed_vgg16", extraction=ExtractionConfig(max_edge=320), refine=BUNDLE)
     summary = reconstruct.main(images, run_dir, config)
@@ -127,3 +130,14 @@ def test_bundle_settings_are_checked_and_part_of_the_resume_key():
     assert changed.settings() != BUNDLE.settings()
     features = RefineConfig(mode="keypoints+bundle", method="features")
     assert "patch" in features.settings()  # the bundle aligns patches whatever the method
+
+
+def test_observations_the_camera_cannot_undistort_leave_and_are_counted(model, loader):
+    """A strong barrel distortion has no inverse near the image border (pycolmap gives NaN there):
+    those observations leave the model instead of failing the whole adjustment."""
+    camera = next(iter(model.cameras.values()))
+    assert camera.model.name == "SIMPLE_RADIAL"
+    camera.params = [*camera.params[:3], -0.5]
+    report = adjust_reconstruction(model, loader, BUNDLE, constant_poses=True)
+    assert report.undistortion_failures > 0
+    assert all(np.isfinite(point.xyz).all() for point in model.points3D.values())
