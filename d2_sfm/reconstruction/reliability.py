@@ -59,13 +59,13 @@ def assess_model(reconstruction: pycolmap.Reconstruction, pair_stats: list[PairS
     core = strongly_connected_core(sorted(registered), verified_graph(pair_stats),
                                    config.strong_pair_inliers)
     for name, image in registered.items():
+        observed = (registration_points or {}).get(name, image.num_points3D)
         if name not in core:
             assessment.weak_images[name] = (f"linked to the main group of {len(core)} images only through verified "
                                             f"pairs with fewer than {config.strong_pair_inliers} inliers"
                                             if core else f"no verified pair with {config.strong_pair_inliers}+ "
                                             "inliers to another registered image")
-        elif (registration_points or {}).get(name, image.num_points3D) < config.min_image_points3D:
-            observed = (registration_points or {}).get(name, image.num_points3D)
+        elif observed < config.min_image_points3D:
             assessment.weak_images[name] = f"observes {observed} 3D points (< {config.min_image_points3D})"
     for camera_id, camera in reconstruction.cameras.items():
         names = sorted(n for n, im in registered.items() if im.camera_id == camera_id)

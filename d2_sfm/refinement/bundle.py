@@ -31,9 +31,8 @@ from ..errors import D2SfmError
 from ..images import read_image
 from ..paths import resolve_inside
 from .bundle_solver import BundleSolverConfig, solve_weighted_bundle
-from .local_affine import local_linear_maps
 from .patches import Alignment, align_detailed, prepare_image, templates, translation_information
-from .photometric import split_by, to_original, to_working, working_image
+from .photometric import linear_parts, split_by, to_original, to_working, track_members, working_image
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +139,12 @@ def realign(reconstruction: pycolmap.Reconstruction, observations: Observations,
         template[torch.from_numpy(compact[rows]).to(device)] = templates(
             stack(int(observations.image_ids[rows[0]]))[0], torch.from_numpy(working[rows]).to(device), size)
 
-    linear = reference_linear_maps(observations, working, reference_of[compact], config, device)
+    free = ~is_reference
+    reference = reference_of[compact]  # (N,) each observation's reference row
+    linear = np.tile(np.eye(2, dtype=np.float32), (count, 1, 1))  # references: their own patch
+    linear[free] = linear_parts(track_members(compact, observations.image_ids, working),
+                                observations.image_ids[reference[free]], observations.image_ids[free],
+                                working[reference[free]], config.affine, device)
     aligned = observations.xy.copy()
     passed = np.ones(count, bool)
     information = np.zeros((count, 2, 2))
@@ -178,28 +182,6 @@ def align_with_fallback(stack: torch.Tensor, template: torch.Tensor, start: torc
         for name in ("points", "ncc", "ok", "information"):
             getattr(result, name)[retry] = getattr(fallback, name)
     return result
-
-
-def reference_linear_maps(observations: Observations, working: np.ndarray, reference: np.ndarray,
-                          config: RefineConfig, device: torch.device) -> np.ndarray:
-    """(N, 2, 2) local linear maps from each observation's reference image to its own image at the
-    reference position, fitted to the points the two images share (identity for the references)."""
-    linear = np.tile(np.eye(2, dtype=np.float32), (len(reference), 1, 1))
-    source_images = observations.image_ids[reference]
-    groups = source_images * (int(observations.image_ids.max(initial=0)) + 1) + observations.image_ids
-    by_image = {int(observations.image_ids[rows[0]]): rows for rows in split_by(observations.image_ids)}
-    for chosen in split_by(groups):
-        source, target = int(source_images[chosen[0]]), int(observations.image_ids[chosen[0]])
-        if source == target:
-            continue
-        rows_s, rows_t = by_image[source], by_image[target]
-        _, in_s, in_t = np.intersect1d(observations.point_ids[rows_s], observations.point_ids[rows_t],
-                                       return_indices=True)
-        found, _ = local_linear_maps(torch.from_numpy(working[rows_s[in_s]]).to(device),
-                                     torch.from_numpy(working[rows_t[in_t]]).to(device),
-                                     torch.from_numpy(working[reference[chosen]]).to(device), config.affine)
-        linear[chosen] = found.cpu().numpy()
-    return linear
 
 
 def scaled_information(information: np.ndarray, config: RefineConfig) -> np.ndarray:
@@ -307,7 +289,7 @@ def adjust_reconstruction(reconstruction: pycolmap.Reconstruction, load_image: I
     device = torch.device(device)
     check_trivial_rigs(reconstruction)
     report = BundleReport(observations=int(reconstruction.compute_num_observations()))
-    report.reprojection_error = (reconstruction.compute_mean_reprojection_error(), 0.0)
+    error_before = reconstruction.compute_mean_reprojection_error()
     observations = gather_observations(reconstruction)
     if len(observations.point_ids):
         aligned, passed, information = realign(reconstruction, observations, load_image, config, device)
@@ -326,7 +308,7 @@ def adjust_reconstruction(reconstruction: pycolmap.Reconstruction, load_image: I
         report.reprojection_outliers = delete_observations(
             reconstruction, final, ~(errors <= config.bundle.max_reprojection_error))
     reconstruction.update_point_3d_errors()  # COLMAP's per-point errors, which its mean reads
-    report.reprojection_error = (report.reprojection_error[0], reconstruction.compute_mean_reprojection_error())
+    report.reprojection_error = (error_before, reconstruction.compute_mean_reprojection_error())
     report.seconds = time.time() - start_time
     logger.info("Bundle adjustment: %d observations realigned (median shift %.2f px), %d left as photometric "
                 "outliers, %d as reprojection outliers; mean reprojection error %.3f -> %.3f px (%.1f s)",

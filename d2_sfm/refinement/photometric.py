@@ -44,15 +44,16 @@ def to_original(points: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return (points + 0.5) / scale - 0.5
 
 
-def track_members(tracks: Tracks, image_of: np.ndarray, working: np.ndarray
+def track_members(track_ids: np.ndarray, image_of: np.ndarray, working: np.ndarray
                   ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """image -> (its track ids sorted, the working positions of its nodes in that order)."""
+    """image -> (its track ids sorted, the working positions of its nodes in that order), for nodes
+    with track ids (N,), images (N,) and working positions (N, 2)."""
     members = {}
-    order = np.lexsort((tracks.track, image_of))
+    order = np.lexsort((track_ids, image_of))
     images, starts = np.unique(image_of[order], return_index=True)
     for image, begin, end in zip(images.tolist(), starts, list(starts[1:]) + [len(order)]):
         chosen = order[begin:end]
-        members[image] = (tracks.track[chosen], working[chosen])
+        members[image] = (track_ids[chosen], working[chosen])
     return members
 
 
@@ -74,7 +75,8 @@ def linear_parts(members: dict, root_images: np.ndarray, node_images: np.ndarray
         reference, target = int(root_images[chosen[0]]), int(node_images[chosen[0]])
         tracks_r, points_r = members[reference]
         tracks_i, points_i = members[target]
-        _, in_r, in_i = np.intersect1d(tracks_r, tracks_i, assume_unique=True, return_indices=True)
+        # not assume_unique: a COLMAP track (bundle adjustment) may see one image twice
+        _, in_r, in_i = np.intersect1d(tracks_r, tracks_i, return_indices=True)
         found, _ = local_linear_maps(torch.from_numpy(points_r[in_r]).to(device),
                                      torch.from_numpy(points_i[in_i]).to(device),
                                      torch.from_numpy(root_points[chosen]).to(device), config)
@@ -105,7 +107,7 @@ def adjust_keypoints_photometric(keypoints: list[np.ndarray], tracks: Tracks, of
     free = np.flatnonzero(~np.isin(tracks.nodes, tracks.root))  # rows of the free nodes
     roots = root_index[tracks.track[free]]
     root_images, node_images = image_of[roots], image_of[free]
-    linear = linear_parts(track_members(tracks, image_of, working), root_images, node_images, working[roots],
+    linear = linear_parts(track_members(tracks.track, image_of, working), root_images, node_images, working[roots],
                           affine, device)
 
     cache: dict[int, torch.Tensor] = {}
