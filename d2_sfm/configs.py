@@ -131,6 +131,9 @@ class BundleConfig:
     max_iterations: int = 50  # Levenberg-Marquardt steps per round
     function_tolerance: float = 1e-6  # relative cost decrease that ends them (Cauchy reweighting converges linearly)
     max_reprojection_error: float = 4.0  # px: observations farther after adjustment leave (COLMAP's filter)
+    # Models with more registered images keep their poses (only the points move): the solver's reduced
+    # camera system is dense, (6 N)^2 doubles and O(N^3) per step: 290 MB at 1000 images.
+    max_pose_images: int = 1000
 
 
 REFINE_MODES = ("none", "keypoints", "keypoints+bundle")
@@ -146,10 +149,10 @@ class RefineConfig:
     # incremental mapper): mean reprojection error none / keypoints / keypoints+bundle kermit 1.26 / 1.01 /
     # 0.64 px, Sceaux 1.16 / 0.90 / 0.45; median relative rotation against COLMAP SIFT's model kermit
     # 0.96 / 0.52 / 0.26 deg, Sceaux 0.89 / 0.87 / 0.21; temple's against its ground truth 10.3 / 12.0 /
-    # 2.0; synthetic Aachen median position 0.052 / 0.011 / 0.008 m. Not the default: on the temple
-    # without known intrinsics, refinement builds a wrong 5-view model (18 deg median relative rotation
-    # error) that no reliability check flags, where none's wrong model is flagged (its focal length).
-    mode: str = "none"
+    # 2.0; synthetic Aachen median position 0.052 / 0.011 / 0.008 m. The wrong 5-view temple model
+    # that refinement builds without known intrinsics is flagged by the focal-length uncertainty check
+    # (ReliabilityConfig.max_focal_uncertainty).
+    mode: str = "keypoints+bundle"
     # "patches" | "features". Mean MMA@1 over the five real homography pairs (pipelines/eval_homography.py
     # --refine --refine-method patches,features): none 0.068, features 0.138, patches 0.304.
     method: str = "patches"
@@ -190,7 +193,8 @@ class RefineConfig:
                       bundle_loss_scale=not self.bundle.loss_scale > 0,
                       bundle_information_floor=not 0 < self.bundle.information_floor <= 1,
                       bundle_max_iterations=self.bundle.max_iterations < 1,
-                      bundle_max_reprojection_error=not self.bundle.max_reprojection_error > 0)
+                      bundle_max_reprojection_error=not self.bundle.max_reprojection_error > 0,
+                      bundle_max_pose_images=self.bundle.max_pose_images < 2)
 
     @property
     def bundle_adjusts(self) -> bool:

@@ -156,7 +156,7 @@ SIFT_REFERENCE_HEADER = ("| set / pipeline | rel. rot. err against COLMAP SIFT's
 
 def row(label: str, data: dict[str, object], baseline_wall: float | None) -> str:
     if "failed" in data:
-        return f"| {label} | failed: {data['failed']} |" + " |" * 8
+        return f"| {label} | failed: {data['failed']} |" + " |" * 9
     gt = data.get("ground_truth") or {}
     rot = gt.get("rotation_error_deg") or {}
     rel = gt.get("relative_rotation_error_deg") or {}
@@ -172,13 +172,19 @@ def row(label: str, data: dict[str, object], baseline_wall: float | None) -> str
              f"{data.get('mean_reprojection_error', float('nan')):.3f}",
              f"{rot['median']:.3f} / {rot['max']:.3f}" if rot.get("median") is not None else "-",
              f"{rel['median']:.3f} / {rel['max']:.3f}" if rel.get("median") is not None else "-",
-             f"{timings.get('map', float('nan')):.1f}", share, f"{data['wall']:.1f}"]
+             f"{timings.get('map', float('nan')):.1f}", share, f"{data['wall']:.1f}", focal_cell(data)]
     return "| " + " | ".join(cells) + " |"
 
 
+def focal_cell(data: dict[str, object]) -> str:
+    """The largest sigma_f / f over the self-calibrated cameras (the reliability check's input), %."""
+    values = [v for v in (data.get("focal_uncertainty") or {}).values() if v is not None]
+    return f"{100 * max(values):.2f}" if values else "-"
+
+
 HEADER = ("| set / pipeline | registered | points | mean reproj. err (px) | rot. err median / max (deg, Sim3) "
-          "| rel. rot. err median / max (deg) | map (s) | refine + bundle (s, share of wall) | wall (s) |\n"
-          "|---|---|---|---|---|---|---|---|---|")
+          "| rel. rot. err median / max (deg) | map (s) | refine + bundle (s, share of wall) | wall (s) "
+          "| focal sigma (%) |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
 def run_localize(layout: str, root: Path, output: Path, refine: str, device: str, cwd: Path) -> dict[str, object]:

@@ -21,7 +21,9 @@ DATABASE_OUTPUTS = ("features.h5", "pairs.txt", "matches.h5", "database.db", "da
 
 
 def config(**changes) -> ReconstructionConfig:
-    return ReconstructionConfig(weights="hed_vgg16", extraction=ExtractionConfig(max_edge=320), **changes)
+    """The settings of the session's run (unrefined keypoints) with `changes`."""
+    return ReconstructionConfig(**{"weights": "hed_vgg16", "extraction": ExtractionConfig(max_edge=320),
+                                   "refine": RefineConfig(mode="none"), **changes})
 
 
 def test_global_mapper_redoes_only_map_and_leaves_the_database_as_it_was(run_dir):
@@ -50,7 +52,7 @@ def test_global_mapper_registers_the_sample_scene_with_known_intrinsics(run_dir,
     camera = next(iter(views.values())).camera
     known = CameraConfig(params=tuple(float(v) for v in camera.params))
     # unrefined keypoints: on this weak graph the refined ones (fewer strong pairs) registered 4 views
-    settings = config(camera=known, mapper=MapperConfig(method="global"), refine=RefineConfig(mode="none"))
+    settings = config(camera=known, mapper=MapperConfig(method="global"))
     summary = reconstruct.main(scene / "images", run_dir, settings,
                                ground_truth={name: view.cam_from_world for name, view in views.items()})
     data = summary.data

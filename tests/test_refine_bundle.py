@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from d2_sfm import reconstruct
+from d2_sfm.alignment import model_poses
 from d2_sfm.colmap import pycolmap
 from d2_sfm.configs import BundleConfig, RefineConfig
 from d2_sfm.errors import ConfigError
@@ -120,9 +122,28 @@ def test_reconstruct_with_bundle_resumes_from_mapping_and_reports_it(run_dir, tm
     assert sum(mapped.values()) > sum(image.num_points3D for image in model.images.values())
 
 
+def test_models_over_the_pose_limit_keep_the_mapped_poses(run_dir, tmp_path):
+    """Past BundleConfig.max_pose_images the dense pose system is not built: the bundle moves only
+    the points, so the poses are exactly those of the same mapping without a bundle."""
+    images = run_dir.parent / "scene" / "images"
+    run_dir = Path(shutil.copytree(run_dir, tmp_path / "out"))
+    base = ReconstructionConfig(weights="hed_vgg16", extraction=ExtractionConfig(max_edge=320))
+    limited = RefineConfig(mode="keypoints+bundle", bundle=BundleConfig(max_pose_images=2))
+    adjusted = reconstruct.main(images, run_dir, replace(base, refine=limited))
+    assert adjusted.data["bundle"]["poses_adjusted"] is False and adjusted.data["num_registered"] > 2
+    assert adjusted.data["bundle"]["reprojection_error"][1] < adjusted.data["bundle"]["reprojection_error"][0]
+    mapped = reconstruct.main(images, run_dir, replace(base, refine=RefineConfig(mode="keypoints")))
+    assert "bundle" not in mapped.data
+    poses = {name: pose.matrix() for name, pose in model_poses(adjusted.reconstruction).items()}
+    assert poses.keys() == model_poses(mapped.reconstruction).keys()
+    assert all(np.array_equal(poses[name], pose.matrix()) for name, pose in model_poses(mapped.reconstruction).items())
+
+
 def test_bundle_settings_are_checked_and_part_of_the_resume_key():
     with pytest.raises(ConfigError, match="bundle_bound"):
         RefineConfig(mode="keypoints+bundle", bundle=BundleConfig(bound=0.0))
+    with pytest.raises(ConfigError, match="bundle_max_pose_images"):
+        RefineConfig(mode="keypoints+bundle", bundle=BundleConfig(max_pose_images=1))
     with pytest.raises(ConfigError, match="bundle_loss_scale"):
         RefineConfig(mode="keypoints+bundle", bundle=BundleConfig(loss_scale=-1.0))
     assert "bundle" not in RefineConfig(mode="keypoints").settings()  # older runs' keys stay valid

@@ -4,6 +4,7 @@ settings), and `main()`, which validates everything a run will read before it de
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -200,9 +201,14 @@ class Pipeline:
         registration evidence stays the mapper's counts: the bundle drops observations by a stricter
         test (photometric), which would otherwise read as weakly registered images."""
         registered = {image.name: image.num_points3D for image in model.images.values() if image.has_pose}
+        adjust_poses = len(registered) <= self.config.refine.bundle.max_pose_images
+        if not adjust_poses:
+            logger.warning("Bundle adjustment: %d registered images (more than %d): the poses stay as mapped, only "
+                           "the 3D points are adjusted", len(registered), self.config.refine.bundle.max_pose_images)
         report = adjust_reconstruction(model, image_loader(self.image_dir, self.config.refine, self.config.device),
-                                       self.config.refine, self.config.device)
-        return report.seconds, {"bundle": report.as_dict(), "registration_points": registered}
+                                       self.config.refine, self.config.device, constant_poses=not adjust_poses)
+        return report.seconds, {"bundle": {**report.as_dict(), "poses_adjusted": adjust_poses},
+                                "registration_points": registered}
 
     def check_stability(self, best: pycolmap.Reconstruction, stats: list[colmap_db.PairStats],
                         known_camera_ids: list[int], registration_points: dict[str, int] | None
@@ -288,6 +294,8 @@ class Pipeline:
         data["status"] = assessment.status
         data["warnings"] = assessment.warnings + unstable
         data["weak_images"] = assessment.weak_images
+        data["focal_uncertainty"] = {str(camera_id): round(value, 5) if math.isfinite(value) else None
+                                     for camera_id, value in assessment.focal_uncertainty.items()}  # sigma_f / f
         num_models = self.log.get("map", "num_models", 1)
         if num_models > 1:
             data["warnings"].append(f"the images formed {num_models} separate models; the largest is in sfm/, "

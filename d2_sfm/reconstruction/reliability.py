@@ -1,9 +1,11 @@
-"""Model assessment: registrations that rest on weak evidence (weak pairs only, few 3D points) and
-intrinsics that self-calibration pushed to implausible values; either flags the model UNRELIABLE.
+"""Model assessment: registrations that rest on weak evidence (weak pairs only, few 3D points),
+intrinsics that self-calibration pushed to implausible values or that the matches leave undetermined;
+any of them flags the model UNRELIABLE.
 D2 features on symmetric, weakly textured objects produce confident but wrong pairs and
 ill-determined poses, and these are their symptoms."""
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -14,6 +16,9 @@ from scipy.sparse.csgraph import connected_components
 from ..colmap import pycolmap
 from ..colmap_import import PairStats, verified_graph
 from ..colmap_readonly import read_cameras
+from .calibration import focal_uncertainties
+
+logger = logging.getLogger(__name__)
 
 RADIAL_MODELS = ("SIMPLE_RADIAL", "RADIAL", "OPENCV", "FULL_OPENCV")  # first extra parameter is k1
 
@@ -26,6 +31,16 @@ class ReliabilityConfig:
     max_focal_change: float = 1.5  # refined / EXIF prior focal outside [1/x, x] -> flagged
     max_focal_change_without_prior: float = 1.6  # same against pycolmap's default 1.2 * max(W, H)
     max_radial_distortion: float = 0.5  # |k1| above this (normalised coordinates) is implausible
+    # Self-calibrated focal lengths with a larger relative standard deviation (bundle-adjustment
+    # covariance at the model's reprojection noise) are not determined by the matches. Measured:
+    # kermit, Sceaux, sample scene 0.2-0.9 % (either mapper, with or without refinement); temple
+    # without known intrinsics 3.0 % (refine none) and 13 % (a wrong model with refinement).
+    max_focal_uncertainty: float = 0.02
+    # ... on cameras holding more than this share of the registered images: one view with its own
+    # ill-determined camera (kermit with a camera per image: view 006, 2.8 %) is a local weakness,
+    # not a model whose rotations all trade off against a shared focal length
+    max_undetermined_share: float = 0.5
+    calibration_max_images: int = 1000  # skip the covariance on larger models (dense in the poses)
     # Stability: map again from other strong initial pairs and compare relative rotations. D2 on the
     # temple gave 1.8-5 deg median (5-12 deg max) disagreement between such runs, kermit <= 1.2 (max 3),
     # the sample scene < 0.1: a model that moves this much with its starting pair is not trustworthy.
@@ -43,6 +58,7 @@ class Assessment:
     status: str = "ok"  # ok | partial (not every image registered) | unreliable
     warnings: list[str] = field(default_factory=list)
     weak_images: dict[str, str] = field(default_factory=dict)  # name -> why its registration is weak
+    focal_uncertainty: dict[int, float] = field(default_factory=dict)  # self-calibrated camera -> sigma_f / f
 
 
 def assess_model(reconstruction: pycolmap.Reconstruction, pair_stats: list[PairStats],
@@ -67,11 +83,14 @@ def assess_model(reconstruction: pycolmap.Reconstruction, pair_stats: list[PairS
                                             "inliers to another registered image")
         elif observed < config.min_image_points3D:
             assessment.weak_images[name] = f"observes {observed} 3D points (< {config.min_image_points3D})"
-    for camera_id, camera in reconstruction.cameras.items():
-        names = sorted(n for n, im in registered.items() if im.camera_id == camera_id)
-        if names:
-            assessment.warnings += camera_warnings(camera, initial_cameras.get(camera_id),
-                                                   camera_sources.get(names[0], "default"), names, config)
+    camera_names = {camera_id: sorted(n for n, im in registered.items() if im.camera_id == camera_id)
+                    for camera_id in reconstruction.cameras}
+    camera_names = {camera_id: names for camera_id, names in camera_names.items() if names}
+    for camera_id, names in camera_names.items():
+        assessment.warnings += camera_warnings(reconstruction.cameras[camera_id], initial_cameras.get(camera_id),
+                                               camera_sources.get(names[0], "default"), names, config)
+    assessment.focal_uncertainty = self_calibration_uncertainty(reconstruction, camera_names, camera_sources, config)
+    assessment.warnings += calibration_warnings(reconstruction, camera_names, assessment.focal_uncertainty, config)
     by_reason: dict[str, list[str]] = {}
     for name, reason in sorted(assessment.weak_images.items()):
         by_reason.setdefault(reason, []).append(name)
@@ -115,7 +134,7 @@ def camera_warnings(camera: pycolmap.Camera, prior: pycolmap.Camera | None, sour
                     config: ReliabilityConfig) -> list[str]:
     """Intrinsics that self-calibration pushed to implausible values (a known symptom of wrong models)."""
     warnings = []
-    label = f"camera {camera.camera_id} ({names[0]}{', ...' if len(names) > 1 else ''})"
+    label = camera_label(camera, names)
     if prior is not None and source != "known":
         change = camera.mean_focal_length() / prior.mean_focal_length()
         limit = config.max_focal_change if source == "exif" else config.max_focal_change_without_prior
@@ -128,6 +147,41 @@ def camera_warnings(camera: pycolmap.Camera, prior: pycolmap.Camera | None, sour
     if camera.model.name in RADIAL_MODELS and abs(extra[0]) > config.max_radial_distortion:
         warnings.append(f"{label}: radial distortion {extra[0]:.2f} is implausible")
     return warnings
+
+
+def self_calibration_uncertainty(reconstruction: pycolmap.Reconstruction, camera_names: dict[int, list[str]],
+                                 camera_sources: dict[str, str], config: ReliabilityConfig) -> dict[int, float]:
+    """sigma_f / f of the self-calibrated cameras (not given as known); none on large models."""
+    calibrated = [camera_id for camera_id, names in camera_names.items()
+                  if camera_sources.get(names[0], "default") != "known"]
+    if sum(len(names) for names in camera_names.values()) > config.calibration_max_images:
+        return {}
+    return focal_uncertainties(reconstruction, calibrated) if calibrated else {}
+
+
+def calibration_warnings(reconstruction: pycolmap.Reconstruction, camera_names: dict[int, list[str]],
+                         deviations: dict[int, float], config: ReliabilityConfig) -> list[str]:
+    """Self-calibrated cameras whose focal length the matches leave undetermined (see calibration),
+    when they hold a large share of the registered images."""
+    undetermined = {camera_id: deviation for camera_id, deviation in deviations.items()
+                    if deviation > config.max_focal_uncertainty}
+    affected = sum(len(camera_names[camera_id]) for camera_id in undetermined)
+    registered = sum(len(names) for names in camera_names.values())
+    described = [f"{camera_label(reconstruction.cameras[camera_id], camera_names[camera_id])}: focal length "
+                 f"{reconstruction.cameras[camera_id].mean_focal_length():.0f} px +-{100 * deviation:.1f} %"
+                 for camera_id, deviation in undetermined.items()]
+    if not undetermined or affected <= config.max_undetermined_share * registered:
+        if undetermined:
+            logger.info("Self-calibration leaves the focal length of %d of %d registered images undetermined "
+                        "(one standard deviation): %s", affected, registered, "; ".join(described))
+        return []
+    return [f"the matches do not determine the focal length (one standard deviation above "
+            f"{100 * config.max_focal_uncertainty:.0f} %) of {affected} of {registered} registered images: "
+            + "; ".join(described) + "; self-calibration is unreliable here: give --camera-params or --intrinsics"]
+
+
+def camera_label(camera: pycolmap.Camera, names: list[str]) -> str:
+    return f"camera {camera.camera_id} ({names[0]}{', ...' if len(names) > 1 else ''})"
 
 
 def initial_cameras(database: Path) -> dict[int, pycolmap.Camera]:

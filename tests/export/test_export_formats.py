@@ -18,6 +18,7 @@ from d2_sfm.cli import EXIT_BAD_INPUT, run_cli
 from d2_sfm.extractor import ExtractionConfig
 from d2_sfm.formats_d2net import D2NetFileError, IMPORTED_WEIGHTS, import_d2net_npz, read_d2net_file
 from d2_sfm.h5io import list_h5_names, read_features, read_matches
+from d2_sfm.refine import RefineConfig
 from d2_sfm.datasets.formats import read_pairs
 
 
@@ -285,7 +286,8 @@ def test_reconstruct_and_match_accept_official_d2net_files(run_dir, tmp_path):
     assert run_cli(export.cli, ["d2net-npz", "--input", str(run_dir), "--output", str(tmp_path / "npz")]) == 0
     for path in (tmp_path / "npz").iterdir():
         shutil.copy(path, images / path.name)
-    config = reconstruct.ReconstructionConfig(import_d2net=True, extraction=ExtractionConfig(max_edge=320))
+    config = reconstruct.ReconstructionConfig(import_d2net=True, extraction=ExtractionConfig(max_edge=320),
+                                              refine=RefineConfig(mode="none"))  # as the session's run
     summary = reconstruct.main(images, tmp_path / "out", config)
     assert summary.data["num_registered"] == json.loads((run_dir / "summary.json").read_text())["num_registered"]
     for name in list_h5_names(run_dir / "features.h5"):
