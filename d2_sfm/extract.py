@@ -21,7 +21,7 @@ from .executors import (ExecutorConfig, add_executor_arguments, check_ray_availa
                         map_unordered, ray_session, worker_device)
 from .fingerprint import FileStamp
 from .h5io import (FEATURE_ID, H5_SUFFIXES, H5FormatError, atomic_h5, current_file, feature_records, file_attributes,
-                   is_empty, prune_incomplete, remove_h5_output, up_to_date, write_features)
+                   is_empty, prune_incomplete, remove_h5_output, remove_items, up_to_date, write_features)
 from .images import ImageError, list_images_report, max_image_pixels, read_image_bytes, read_image_list
 from .locking import output_lock
 from .paths import check_output_path, check_pair_key_collisions, resolve_inside, safe_relative_name
@@ -174,6 +174,7 @@ def main(image_dir: Path, output: Path, image_list: list[str] | None = None,
                 else:
                     for name in tqdm(todo, desc="extract", unit="img"):
                         extract_one(extractor, image_dir, name, handle, summary, half_descriptors)
+                remove_items(handle, summary.failed)  # no stale features of an image that became unreadable
                 prune_incomplete(handle, FEATURE_ID, "keypoints")
     summary.seconds = time.time() - start
     summary.log()

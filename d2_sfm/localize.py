@@ -35,6 +35,12 @@ With `--executor ray`, extraction, matching and per-query pose estimation run as
 process reads the inputs and writes every file, as locally; the results are the same).
 A query that cannot be localized still gets a line (Aachen: the pose of its best retrieved database
 image, as hloc; InLoc: the identity), and is listed as a failure, with the reason, in summary.json.
+An image that cannot be read (missing, empty, not an image by its header: found before anything is
+computed; or undecodable: found by extraction) is a counted skip, not an error: a query is such a
+failure, a database image is left out of matching and of the triangulated model and listed under
+`skipped_database_images` in summary.json (one warning line each); only a run left with no readable
+query or no readable database image stops, with one line. A resume reads no image again (their
+checks are kept in OUT/image-checks.json by size and time) and a replaced image is used.
 """
 from __future__ import annotations
 
@@ -93,7 +99,8 @@ def main(dataset: str, root: Path | None = None, output: Path | None = None, pai
     from .colmap_log import colmap_log_to
     from .datasets.formats import read_pairs, read_poses
     from .extractor import D2Extractor
-    from .localization.chain import check_ground_truth, check_query_sizes, run
+    from .localization.chain import check_ground_truth, check_queries, run
+    from .localization.inputs import ImageChecks
     from .localization.retrieval import top_k_retrieval
     from .localization.scenes import open_scene
     from .locking import output_lock
@@ -108,7 +115,8 @@ def main(dataset: str, root: Path | None = None, output: Path | None = None, pai
     truth = read_poses(ground_truth) if ground_truth is not None else None
     if truth is None and getattr(scene, "ground_truth", None):  # kapture: query/sensors/trajectories.txt
         ground_truth, truth = scene.ground_truth_file, scene.ground_truth
-    check_query_sizes(scene)
+    checks = ImageChecks(paths.image_checks)  # saved by the run, in the locked output folder
+    unreadable_queries = check_queries(scene, checks)
     if truth is not None:
         check_ground_truth(scene, ground_truth, truth, root)
     retrieval = (top_k_retrieval(listed_pairs, list(scene.queries), scene.db_names, k, pairs)
@@ -119,7 +127,7 @@ def main(dataset: str, root: Path | None = None, output: Path | None = None, pai
     workers = Workers(executor, str(extractor.device))
     with output_lock(paths.output), colmap_log_to(paths.colmap_log):
         return run(scene, dataset, root, paths, pairs, retrieval, k, config, extractor, ground_truth, truth,
-                   workers)
+                   workers, checks, unreadable_queries)
 
 
 # ----------------------------------------------------------------------------------------------

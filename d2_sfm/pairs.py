@@ -30,7 +30,8 @@ from .datasets.formats import write_pairs
 from .errors import D2SfmError
 from .fingerprint import FileStamp
 from .h5io import (FEATURE_ID, GLOBAL_DESCRIPTOR, atomic_h5, existing_names, feature_records, file_attributes,
-                   list_h5_names, prune_incomplete, read_global_descriptors, up_to_date, write_global_descriptor)
+                   list_h5_names, prune_incomplete, read_global_descriptors, remove_items, up_to_date,
+                   write_global_descriptor)
 from .locking import output_lock
 from .images import ImageError, list_images, read_image, resize, resized_size
 from .datasets.formats import read_pairs, unique_pairs
@@ -141,6 +142,7 @@ def compute_global_features(image_dir: Path, names: list[str], output: Path, ext
                     descriptor = global_descriptor(extractor, read_image(path), config)
                 except (ImageError, OSError) as error:
                     logger.warning("No global descriptor for %s: %s", name, error)
+                    remove_items(handle, [name])  # nor the one of its earlier, readable content
                     continue
                 write_global_descriptor(handle, name, descriptor, stamp.to_text())
             prune_incomplete(handle, FEATURE_ID, GLOBAL_DESCRIPTOR)

@@ -135,6 +135,17 @@ def test_bad_images_are_reported_and_skipped(image_dir, tmp_path, extractor):
     assert all(str(image_dir) in reason for reason in summary.failed.values())
 
 
+def test_an_image_that_became_unreadable_loses_its_old_features(image_dir, tmp_path, extractor):
+    """No stale result: the features of its earlier content leave the file, counted as a failure."""
+    output = tmp_path / "f.h5"
+    extract.main(image_dir, output, extractor=extractor)
+    assert "sub/b.png" in list_h5_names(output)
+    (image_dir / "sub" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    summary = extract.main(image_dir, output, extractor=extractor)
+    assert list(summary.failed) == ["sub/b.png"] and summary.skipped_existing == ["a.jpg"]
+    assert list_h5_names(output) == ["a.jpg"]
+
+
 def test_cli_reports_errors_in_one_line(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

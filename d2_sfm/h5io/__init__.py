@@ -34,14 +34,14 @@ from .files import (H5_SUFFIXES, H5File, H5FormatError, atomic_h5, current_file,
                     names_to_pair, names_to_pair_old, open_h5, read_file_attributes, remove_h5_output)
 from .matches import find_pair, has_pair, is_old_style, read_matches, write_matches
 from .records import (FEATURE_ID, MATCHER, PAIR_FEATURES, SOURCE, ItemRecord, feature_id, feature_records,
-                      match_records, prune_incomplete, stored_feature_id, up_to_date)
+                      match_records, prune_incomplete, remove_items, stored_feature_id, up_to_date)
 
 __all__ = [
     "H5_SUFFIXES", "H5File", "H5FormatError", "atomic_h5", "current_file", "discard_unreadable_partial",
     "error_reason", "existing_names", "external_links", "file_attributes", "is_empty", "list_h5_names",
     "names_to_pair", "names_to_pair_old", "open_h5", "read_file_attributes", "remove_h5_output",
     "FEATURE_ID", "MATCHER", "PAIR_FEATURES", "SOURCE", "ItemRecord", "feature_id", "feature_records",
-    "match_records", "prune_incomplete", "stored_feature_id", "up_to_date",
+    "match_records", "prune_incomplete", "remove_items", "stored_feature_id", "up_to_date",
     "GLOBAL_DESCRIPTOR", "feature_shapes", "iter_features", "keypoint_uncertainty", "read_features",
     "read_global_descriptors", "read_image_size", "read_keypoints", "write_features", "write_global_descriptor",
     "find_pair", "has_pair", "is_old_style", "read_matches", "write_matches",

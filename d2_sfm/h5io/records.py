@@ -85,6 +85,15 @@ def text_attribute(obj: h5py.Group, key: str) -> str | None:
     return str(obj.attrs[key]) if key in obj.attrs else None
 
 
+def remove_items(handle: h5py.File, names) -> list[str]:
+    """Delete the items of `names` that exist: an image that became unreadable must not keep the
+    features of its earlier content (a stale result other readers would use)."""
+    present = [name for name in names if name in handle]
+    for name in present:
+        del handle[name]
+    return present
+
+
 def prune_incomplete(handle: h5py.File, marker: str, dataset: str) -> list[str]:
     """Delete groups holding `dataset` but lacking the `marker` attribute (cut by a kill)."""
     incomplete = []

@@ -117,6 +117,7 @@ class RunPaths:
         self.summary = self.output / "summary.json"
         self.colmap_log = self.output / "colmap.log"
         self.input_stamps = self.output / "input-stamps.json"  # FileStamps of dataset files and images
+        self.image_checks = self.output / "image-checks.json"  # which input images are readable (headers)
 
 
 def results_path(output: Path, preset: DatasetPreset, config: LocalizationConfig, pairs: Path | None,

@@ -27,9 +27,11 @@ MAX_VIEW_ANGLE_DEG = 60.0  # pose fallback: pair only cameras whose optical axes
 
 
 def pose_neighbour_pairs(reconstruction: pycolmap.Reconstruction, num_matched: int,
-                         max_view_angle_deg: float = MAX_VIEW_ANGLE_DEG) -> list[tuple[str, str]]:
-    """(name, name) pairs from poses only: nearest centres among similarly oriented cameras."""
-    ids = sorted(reconstruction.reg_image_ids())
+                         max_view_angle_deg: float = MAX_VIEW_ANGLE_DEG, exclude: set[str] = frozenset()
+                         ) -> list[tuple[str, str]]:
+    """(name, name) pairs from poses only: nearest centres among similarly oriented cameras (the
+    images named in `exclude` left out)."""
+    ids = sorted(i for i in reconstruction.reg_image_ids() if reconstruction.image(i).name not in exclude)
     images = [reconstruction.image(i) for i in ids]
     centres = np.array([im.projection_center() for im in images]).reshape(-1, 3)
     axes = np.array([im.viewing_direction() for im in images]).reshape(-1, 3)
@@ -42,21 +44,30 @@ def pose_neighbour_pairs(reconstruction: pycolmap.Reconstruction, num_matched: i
     return pairs
 
 
+def without_images(observations: Observations, exclude: set[str]) -> Observations:
+    """The observations of the images not named in `exclude`."""
+    keep = ~np.isin(observations.image_index, [i for i, n in enumerate(observations.image_names) if n in exclude])
+    return Observations(observations.image_names, observations.image_index[keep], observations.point_index[keep])
+
+
 def main(reference: Path | pycolmap.Reconstruction, output: Path, num_matched: int = 20,
-         observations: Observations | None = None) -> Path:
+         observations: Observations | None = None, exclude: set[str] = frozenset()) -> Path:
     """Write database pairs for triangulation; the pairs file is the step's output.
 
     `observations` (e.g. the NVM points of Aachen v1.0) replace the reference model's own 3D
-    points; with neither, pairs come from the camera poses.
+    points; with neither, pairs come from the camera poses. The images named in `exclude` (e.g.
+    unreadable ones) are in no pair; the others get their `num_matched` partners among the rest.
     """
     reconstruction = load_model(reference)
     if observations is None and reconstruction.num_points3D() > 0:
         observations = Observations.from_reconstruction(reconstruction)
+    if observations is not None and exclude:
+        observations = without_images(observations, exclude)
     if observations is not None and len(observations) > 0:
         pairs = covisibility_pairs(observations, num_matched)
         how = "shared 3D points"
     else:
-        pairs = pose_neighbour_pairs(reconstruction, num_matched)
+        pairs = pose_neighbour_pairs(reconstruction, num_matched, exclude=exclude)
         how = "camera poses (no 3D points in the reference)"
     if not pairs:
         raise LocalizationError(f"no database pairs found from the reference model ({how})")

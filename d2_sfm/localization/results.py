@@ -34,7 +34,10 @@ def write_results(path: Path, scene: Scene, results: list[QueryResult], retrieva
 
 def write_summary(paths: RunPaths, dataset: str, root: Path, results_file: Path, scene: Scene,
                   results: list[QueryResult], config: LocalizationConfig, extractor: D2Extractor,
-                  pairs: Path | None, k: int, timer: Timer, ground_truth: Path | None, report: dict | None) -> Path:
+                  pairs: Path | None, k: int, timer: Timer, ground_truth: Path | None, report: dict | None,
+                  unreadable_db: dict[str, str] | None = None) -> Path:
+    """`unreadable_db`: database images left out of the whole run ({name: why}), listed with the
+    images each query skipped."""
     return write_json(paths.summary, {
         "dataset": dataset,
         "root": str(root),
@@ -47,7 +50,8 @@ def write_summary(paths: RunPaths, dataset: str, root: Path, results_file: Path,
         "num_queries": len(results),
         "num_localized": sum(r.success for r in results),
         "failures": {r.name: r.failure for r in results if not r.success},
-        "skipped_database_images": {db: reason for r in results for db, reason in r.skipped_db.items()},
+        "skipped_database_images": {**(unreadable_db or {}),
+                                    **{db: reason for r in results for db, reason in r.skipped_db.items()}},
         "queries": [r.to_json() for r in results],
         "timings_s": timer.seconds,
         "ground_truth": str(ground_truth) if ground_truth else None,

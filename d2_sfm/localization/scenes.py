@@ -47,12 +47,13 @@ class Scene(Protocol):
     def db_images_needed(self, retrieval: dict[str, list[str]]) -> list[str]: ...
 
     def prepare(self, paths: RunPaths, config: LocalizationConfig, timer: Timer, stamps: StampCache,
-                workers: Workers) -> None: ...
+                workers: Workers, unreadable: dict[str, str]) -> None: ...
 
     def query_inputs(self, name: str, retrieved: list[str], stamps: StampCache) -> str: ...
 
     def localize(self, paths: RunPaths, retrieval: dict[str, list[str]], config: LocalizationConfig,
-                 log: QueryLog, workers: Workers, refiner: KeypointRefiner | None = None) -> list[QueryResult]: ...
+                 log: QueryLog, workers: Workers, refiner: KeypointRefiner | None = None) -> list[QueryResult]:
+        """The queries of `retrieval` (the readable ones), each against its (readable) retrieved images."""
 
     def fallback_pose(self, result: QueryResult, retrieval: list[str]) -> pycolmap.Rigid3d: ...
 
@@ -106,10 +107,11 @@ class AachenScene:
         return [p for p in (root / NVM_FILE, root / DB_INTRINSICS_FILE, root / DATABASE_FILE) if p.exists()]
 
     def prepare(self, paths: RunPaths, config: LocalizationConfig, timer: Timer, stamps: StampCache,
-                workers: Workers) -> None:
+                workers: Workers, unreadable: dict[str, str]) -> None:
         """Covisible database pairs, their matches, with --refine keypoints their refined keypoints
         (OUT/features-db-refined.h5), and the triangulated model (skipped when a model made from the
-        same dataset files, database images, features and settings is there)."""
+        same dataset files, database images, features and settings is there). The `unreadable`
+        database images are in no pair: the model keeps their poses, without 3D points."""
         stamp = paths.sfm / STEP_STAMP
         parts = {
             "settings": settings_fingerprint(str(self.dataset.root), self.dataset.version, self.db_names,
@@ -121,6 +123,8 @@ class AachenScene:
         }
         if config.refine.mode != "none":  # absent for none: models made before --refine existed stay valid
             parts["refine"] = settings_fingerprint(config.refine.settings())
+        if unreadable:  # absent when every image is read, likewise
+            parts["unreadable database images"] = settings_fingerprint(sorted(unreadable))
         key = settings_fingerprint(parts)
         previous = read_step_stamp(stamp)
         if previous.get("key") == key and (paths.sfm / "images.bin").is_file():
@@ -132,7 +136,8 @@ class AachenScene:
                         ", ".join(changed) or "its record")
         stamp.unlink(missing_ok=True)  # a run killed while rebuilding must not look finished
         with timer("db_pairs"):
-            covisibility.main(self.reference, paths.db_pairs, config.num_covisible, self.observations())
+            covisibility.main(self.reference, paths.db_pairs, config.num_covisible, self.observations(),
+                              exclude=set(unreadable))
         with timer("db_match"):
             match.main(paths.db_pairs, paths.features, paths.db_matches, config.matcher,
                        device=workers.matching_device, executor=workers.executor)
@@ -161,7 +166,8 @@ class AachenScene:
                  log: QueryLog, workers: Workers, refiner: KeypointRefiner | None = None) -> list[QueryResult]:
         model = load_model(paths.sfm)
         results = []
-        for threshold, queries in by_threshold(self.queries, self.preset, config).items():
+        readable = {name: camera for name, camera in self.queries.items() if name in retrieval}
+        for threshold, queries in by_threshold(readable, self.preset, config).items():
             localizer_config = pose_from_model.ModelLocalizationConfig(
                 PoseEstimationConfig(ransac_max_error=threshold), config.covisibility_clustering)
             results += pose_from_model.main(model, queries, retrieval, paths.features, paths.query_matches,
@@ -216,8 +222,8 @@ class InLocScene:
         return sorted({name for names in retrieval.values() for name in names})
 
     def prepare(self, paths: RunPaths, config: LocalizationConfig, timer: Timer, stamps: StampCache,
-                workers: Workers) -> None:
-        """Nothing to build: the cutouts carry their 3D."""
+                workers: Workers, unreadable: dict[str, str]) -> None:
+        """Nothing to build: the cutouts carry their 3D (an unreadable one is left out of retrieval)."""
 
     def query_inputs(self, name: str, retrieved: list[str], stamps: StampCache) -> str:
         """The query image and intrinsics, its retrieval list, and per retrieved cutout its image,
@@ -246,7 +252,8 @@ class InLocScene:
     def localize(self, paths: RunPaths, retrieval: dict[str, list[str]], config: LocalizationConfig,
                  log: QueryLog, workers: Workers, refiner: KeypointRefiner | None = None) -> list[QueryResult]:
         results = []
-        for threshold, queries in by_threshold(self.queries, self.preset, config).items():
+        readable = {name: camera for name, camera in self.queries.items() if name in retrieval}
+        for threshold, queries in by_threshold(readable, self.preset, config).items():
             localizer_config = pose_from_cutouts.CutoutLocalizationConfig(
                 PoseEstimationConfig(ransac_max_error=threshold), config.min_cutout_matches)
             results += pose_from_cutouts.main(queries, retrieval, paths.features, paths.query_matches,
