@@ -45,8 +45,12 @@ def focal_uncertainties(reconstruction: pycolmap.Reconstruction, camera_ids: lis
     config.fix_gauge(pycolmap.BundleAdjustmentGauge.TWO_CAMS_FROM_WORLD)
     options = pycolmap.BundleAdjustmentOptions()
     options.refine_principal_point = False  # as in mapping: only the focal length and distortion move
-    adjuster = pycolmap.create_default_ceres_bundle_adjuster(options, config, reconstruction)
-    covariance = pycolmap.estimate_ba_covariance(pycolmap.BACovarianceOptions(), reconstruction, adjuster)
+    try:
+        adjuster = pycolmap.create_default_ceres_bundle_adjuster(options, config, reconstruction)
+        covariance = pycolmap.estimate_ba_covariance(pycolmap.BACovarianceOptions(), reconstruction, adjuster)
+    except (RuntimeError, ValueError) as error:  # a degenerate problem: no verdict rather than no summary
+        logger.warning("Focal-length uncertainty not estimated: %s", error)
+        covariance = None
     noise = rms_reprojection_error(reconstruction)
     result = {}
     for camera_id in camera_ids:

@@ -64,6 +64,7 @@ class BundleReport:
     reprojection_error: tuple[float, float] = (0.0, 0.0)  # mean before, after
     solver: dict[str, object] = field(default_factory=dict)  # costs, iterations, converged
     seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # seconds of its phases
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -109,10 +110,13 @@ def reference_rows(point_ids: np.ndarray, errors: np.ndarray) -> np.ndarray:
 
 
 def realign(reconstruction: pycolmap.Reconstruction, observations: Observations, load_image: ImageLoader,
-            config: RefineConfig, device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            config: RefineConfig, device: torch.device, timings: dict[str, float] | None = None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Aligned COLMAP pixels (N, 2), whether each alignment passed (N,), and each observation's
     information matrix (N, 2, 2) in original pixels. The references keep their position; the others
-    start at theirs."""
+    start at theirs. timings: gets the seconds of its phases."""
+    timings = {} if timings is None else timings
+    tick = time.time()
     count = len(observations.point_ids)
     names = {i: reconstruction.images[int(i)].name for i in np.unique(observations.image_ids)}
     errors = np.linalg.norm(projections(reconstruction, observations) - observations.xy, axis=1)
@@ -139,12 +143,14 @@ def realign(reconstruction: pycolmap.Reconstruction, observations: Observations,
         template[torch.from_numpy(compact[rows]).to(device)] = templates(
             stack(int(observations.image_ids[rows[0]]))[0], torch.from_numpy(working[rows]).to(device), size)
 
+    timings["templates"], tick = time.time() - tick, time.time()
     free = ~is_reference
     reference = reference_of[compact]  # (N,) each observation's reference row
     linear = np.tile(np.eye(2, dtype=np.float32), (count, 1, 1))  # references: their own patch
     linear[free] = linear_parts(track_members(compact, observations.image_ids, working),
                                 observations.image_ids[reference[free]], observations.image_ids[free],
                                 working[reference[free]], config.affine, device)
+    timings["linear"], tick = time.time() - tick, time.time()
     aligned = observations.xy.copy()
     passed = np.ones(count, bool)
     information = np.zeros((count, 2, 2))
@@ -166,6 +172,7 @@ def realign(reconstruction: pycolmap.Reconstruction, observations: Observations,
             passed[rows] = result.ok.cpu().numpy()
             hessian[where] = result.information
         information[chosen] = scale[None, :, None] * hessian.cpu().double().numpy() * scale[None, None, :]
+    timings["align"] = time.time() - tick
     return aligned, passed, information
 
 
@@ -292,7 +299,9 @@ def adjust_reconstruction(reconstruction: pycolmap.Reconstruction, load_image: I
     error_before = reconstruction.compute_mean_reprojection_error()
     observations = gather_observations(reconstruction)
     if len(observations.point_ids):
-        aligned, passed, information = realign(reconstruction, observations, load_image, config, device)
+        aligned, passed, information = realign(reconstruction, observations, load_image, config, device,
+                                               report.timings)
+        tick = time.time()
         report.realigned = int(passed.sum())
         shifts = np.linalg.norm(aligned - observations.xy, axis=1)[passed]
         report.median_shift_px = float(np.median(shifts)) if len(shifts) else 0.0
@@ -302,11 +311,14 @@ def adjust_reconstruction(reconstruction: pycolmap.Reconstruction, load_image: I
         report.photometric_outliers = delete_observations(reconstruction, observations, ~passed)
         kept, targets, weights, report.undistortion_failures = solver_inputs(reconstruction, observations,
                                                                              information, config)
+        report.timings["inputs"], tick = time.time() - tick, time.time()
         report.solver = adjust_geometry(reconstruction, kept, targets, weights, config, constant_poses)
+        report.timings["solve"], tick = time.time() - tick, time.time()
         final = gather_observations(reconstruction)
         errors = np.linalg.norm(projections(reconstruction, final) - final.xy, axis=1)
         report.reprojection_outliers = delete_observations(
             reconstruction, final, ~(errors <= config.bundle.max_reprojection_error))
+        report.timings["filter"] = time.time() - tick
     reconstruction.update_point_3d_errors()  # COLMAP's per-point errors, which its mean reads
     report.reprojection_error = (error_before, reconstruction.compute_mean_reprojection_error())
     report.seconds = time.time() - start_time

@@ -30,7 +30,7 @@ from ..locking import output_lock
 from ..paths import check_output_path, resolve_inside
 from ..weights import load_model
 from .dense import backbone, dense_maps
-from .geometry import epipolar_inliers
+from .geometry import epipolar_inliers_of_pairs
 from .keypoints import adjust_keypoints
 from .patches import prepare_image
 from .photometric import adjust_keypoints_photometric, working_image
@@ -105,29 +105,35 @@ def up_to_date_items(output: Path, key: str, feature_ids: dict[str, str]) -> lis
 
 
 def read_graph(features: Path, matches: Path, names: list[str], pair_list: list[tuple[str, str]],
-               feature_ids: dict[str, str], min_score: float, epipolar: tuple[float, np.ndarray] | None = None
-               ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+               feature_ids: dict[str, str], min_score: float, epipolar: tuple[float, np.ndarray] | None = None,
+               timings: dict[str, float] | None = None) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
     """Keypoints per image, offsets (I + 1,), match edges (E, 2) of global node ids and their scores.
 
     epipolar: (threshold in working pixels, (I, 2) working / original scales) to keep only the
-    matches consistent with each pair's fundamental matrix."""
+    matches consistent with each pair's fundamental matrix; timings: gets the seconds it took."""
     index = {name: i for i, name in enumerate(names)}
     with open_h5(features, "features file") as f:
         keypoints = [read_keypoints(f, name) for name in names]
     offsets = np.concatenate([[0], np.cumsum([len(k) for k in keypoints])]).astype(np.int64)
-    edges, scores = [], []
+    read = []  # (i, j, matches (n, 2), scores (n,), kept (n,)) per pair
     with open_h5(matches, "matches file") as m:
         for name0, name1 in pair_list:
             i, j = index[name0], index[name1]
             pairs, score = read_matches(m, name0, name1, (len(keypoints[i]), len(keypoints[j])),
                                         (feature_ids[name0], feature_ids[name1]))
-            keep = score >= min_score
-            if epipolar is not None:
-                threshold, scales = epipolar
-                original = 2 * threshold / float(scales[i].mean() + scales[j].mean())
-                keep &= epipolar_inliers(keypoints[i][pairs[:, 0]], keypoints[j][pairs[:, 1]], original)
-            edges.append(pairs[keep] + [offsets[i], offsets[j]])
-            scores.append(score[keep])
+            read.append((i, j, pairs, score, score >= min_score))
+    if epipolar is not None:
+        tick = time.time()
+        threshold, scales = epipolar
+        consistent = epipolar_inliers_of_pairs([  # threshold in original pixels
+            (keypoints[i][pairs[:, 0]], keypoints[j][pairs[:, 1]],
+             2 * threshold / float(scales[i].mean() + scales[j].mean()))
+            for i, j, pairs, _, _ in read])
+        read = [(i, j, pairs, score, keep & inliers) for (i, j, pairs, score, keep), inliers in zip(read, consistent)]
+        if timings is not None:
+            timings["epipolar"] = time.time() - tick
+    edges = [pairs[keep] + [offsets[i], offsets[j]] for i, j, pairs, _, keep in read]
+    scores = [score[keep] for _, _, _, score, keep in read]
     return (keypoints, offsets, np.concatenate(edges) if edges else np.zeros((0, 2), np.int64),
             np.concatenate(scores) if scores else np.zeros(0, np.float32))
 
@@ -215,7 +221,9 @@ def refine_features_file(image_dir: Path, features: Path, matches: Path, pairs: 
         todo = [name for name in names if name not in set(summary.skipped_existing)]
         if todo:
             refined = compute(features, matches, names, pair_list, feature_ids, config, load, torch_device, summary)
+            tick = time.time()
             write(output, features, todo, refined, names, key, feature_ids, config, weights_sha)
+            summary.timings["write"] = time.time() - tick
             summary.written = todo
     summary.seconds = time.time() - start
     summary.log()
@@ -229,7 +237,9 @@ def compute(features: Path, matches: Path, names: list[str], pair_list: list[tup
     scales = working_scales(features, names, config)
     epipolar = (config.epipolar_threshold, scales) if config.epipolar_threshold else None
     keypoints, offsets, edges, scores = read_graph(features, matches, names, pair_list, feature_ids,
-                                                   config.min_match_score, epipolar)
+                                                   config.min_match_score, epipolar, summary.timings)
+    summary.timings["graph"] = time.time() - tick - summary.timings.get("epipolar", 0.0)
+    tick = time.time()
     tracks = build_tracks(edges, scores, offsets)
     summary.timings["tracks"] = time.time() - tick
     tick = time.time()
@@ -238,8 +248,8 @@ def compute(features: Path, matches: Path, names: list[str], pair_list: list[tup
                                   progress=tqdm)
     else:
         result = adjust_keypoints_photometric(keypoints, tracks, offsets, scales, load, config.patch, config.affine,
-                                              device, config.cache_mb << 20, progress=tqdm)
-    summary.timings["align"] = time.time() - tick
+                                              device, config.cache_mb << 20, progress=tqdm, timings=summary.timings)
+    summary.timings["adjust"] = time.time() - tick
     summary.num_tracks = result.num_tracks
     summary.keypoints_moved = len(result.moved)
     if len(result.moved):

@@ -11,6 +11,7 @@ integer = pixel centre, and `scales` (I, 2) are working / original sizes per axi
 """
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import numpy as np
@@ -87,14 +88,15 @@ def linear_parts(members: dict, root_images: np.ndarray, node_images: np.ndarray
 def adjust_keypoints_photometric(keypoints: list[np.ndarray], tracks: Tracks, offsets: np.ndarray,
                                  scales: np.ndarray, load_image: ImageLoader, patch: PatchConfig = PatchConfig(),
                                  affine: AffineConfig = AffineConfig(), device: torch.device | str = "cpu",
-                                 cache_bytes: int = 2 << 30, progress: Callable = lambda it, **_: it
-                                 ) -> KeypointAdjustment:
+                                 cache_bytes: int = 2 << 30, progress: Callable = lambda it, **_: it,
+                                 timings: dict[str, float] | None = None) -> KeypointAdjustment:
     """Keypoint adjustment of all tracks (see the module docstring).
 
     keypoints: per image (N_i, 2) original pixels; offsets (I + 1,) their cumulative counts (global
     node ids); scales (I, 2) working / original size. Pass 1 cuts each track's template (fp16) at
     its root, image by image; pass 2 aligns the free nodes image by image; prepared images are kept
-    between the passes within `cache_bytes`, otherwise loaded again."""
+    between the passes within `cache_bytes`, otherwise loaded again. timings: gets the seconds of
+    the linear parts, the templates (with the image loads) and the alignment."""
     device = torch.device(device)
     refined = [np.array(k, np.float32, copy=True) for k in keypoints]
     if tracks.num_tracks == 0:
@@ -107,8 +109,11 @@ def adjust_keypoints_photometric(keypoints: list[np.ndarray], tracks: Tracks, of
     free = np.flatnonzero(~np.isin(tracks.nodes, tracks.root))  # rows of the free nodes
     roots = root_index[tracks.track[free]]
     root_images, node_images = image_of[roots], image_of[free]
+    tick = time.time()
     linear = linear_parts(track_members(tracks.track, image_of, working), root_images, node_images, working[roots],
                           affine, device)
+    timings = {} if timings is None else timings
+    timings["linear"], tick = time.time() - tick, time.time()
 
     cache: dict[int, torch.Tensor] = {}
     cached_bytes, loads = 0, 0
@@ -128,6 +133,7 @@ def adjust_keypoints_photometric(keypoints: list[np.ndarray], tracks: Tracks, of
             cache[image] = stack
             cached_bytes += size
 
+    timings["templates"], tick = time.time() - tick, time.time()
     moved = np.zeros(len(free), np.float32)
     for chosen in progress(split_by(node_images), desc="refine: align", unit="img"):
         image = int(node_images[chosen[0]])
@@ -142,6 +148,7 @@ def adjust_keypoints_photometric(keypoints: list[np.ndarray], tracks: Tracks, of
         local = tracks.nodes[free[chosen]] - offsets[image]
         moved[chosen] = np.linalg.norm(new - refined[image][local], axis=1)
         refined[image][local] = new
+    timings["align"] = time.time() - tick
     return KeypointAdjustment(refined, moved, tracks.num_tracks, loads)
 
 
