@@ -146,12 +146,12 @@ REFINE_PERFORMANCE_ONLY = ("cache_mb", "chunk")
 @dataclass(frozen=True)
 class RefineConfig:
     # "none" | "keypoints" | "keypoints+bundle". Measured in one run (pipelines/benchmark_accuracy.py,
-    # incremental mapper): mean reprojection error none / keypoints / keypoints+bundle kermit 1.26 / 1.01 /
+    # incremental mapper): mean reprojection error none / keypoints / keypoints+bundle kermit 1.26 / 1.02 /
     # 0.64 px, Sceaux 1.16 / 0.90 / 0.45; median relative rotation against COLMAP SIFT's model kermit
-    # 0.96 / 0.52 / 0.26 deg, Sceaux 0.89 / 0.87 / 0.21; temple's against its ground truth 10.3 / 12.0 /
-    # 2.0; synthetic Aachen median position 0.052 / 0.011 / 0.008 m. The wrong 5-view temple model
-    # that refinement builds without known intrinsics is flagged by the focal-length uncertainty check
-    # (ReliabilityConfig.max_focal_uncertainty).
+    # 0.97 / 0.55 / 0.31 deg, Sceaux 0.87 / 0.85 / 0.22; temple's against its ground truth 10.3 / 11.9 /
+    # 1.9; synthetic Aachen median position 0.052 / 0.011 / 0.008 m; refine + bundle 18-28 % of the
+    # unrefined wall. The wrong 5-view temple model that refinement builds without known intrinsics is
+    # flagged by the focal-length uncertainty check (ReliabilityConfig.max_focal_uncertainty).
     mode: str = "keypoints+bundle"
     # "patches" | "features". Mean MMA@1 over the five real homography pairs (pipelines/eval_homography.py
     # --refine --refine-method patches,features): none 0.068, features 0.138, patches 0.304.

@@ -3,7 +3,9 @@
 The datasets come from `d2_sfm.datasets.synthetic` (640 x 480 renderings of photo-textured scenes
 with known poses; night queries darkened, colour-shifted and noisy). Features use the offline
 hed_vgg16 weights. Retrieval: the datasets' `pairs/pairs-query-gt-covis10.txt`, passed like a user's
-NetVLAD list (hloc style); the Aachen v1.0 run uses our own GeM retrieval instead.
+NetVLAD list (hloc style); the Aachen v1.0 run uses our own GeM retrieval instead. Aachen v1.1 runs
+the default refinement (keypoints+bundle); the InLoc and v1.0 runs, about layouts and resume, skip
+it (the refined paths of every layout: test_localize_refine.py).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import pytest
 from d2_sfm import localize
 from d2_sfm.datasets import synthetic
 from d2_sfm.datasets.formats import read_poses
+from d2_sfm.refine import RefineConfig
 
 pytestmark = pytest.mark.slow
 logger = logging.getLogger(__name__)
@@ -34,10 +37,10 @@ def extractor(hed_extractor_factory):
     return hed_extractor_factory(max_edge=640)
 
 
-def run(layout, tmp_path, extractor, use_gt_pairs=True, **dataset_options):
+def run(layout, tmp_path, extractor, use_gt_pairs=True, refine="keypoints+bundle", **dataset_options):
     root = synthetic.main(layout, tmp_path / "dataset", **dataset_options)
     pairs = root / GT_PAIRS if use_gt_pairs else None
-    config = localize.LocalizationConfig(num_retrieved=10)
+    config = localize.LocalizationConfig(num_retrieved=10, refine=RefineConfig(mode=refine))
     results = localize.main(layout, root, tmp_path / "outputs", pairs, config, extractor=extractor)
     summary = json.loads((results.parent / "summary.json").read_text())
     logger.info("%s: %s", layout, json.dumps(summary["evaluation"]["groups"]))
@@ -65,7 +68,7 @@ def test_aachen_v1_1(tmp_path, extractor):
 
 
 def test_inloc(tmp_path, extractor):
-    root, results, summary = run("inloc", tmp_path, extractor)
+    root, results, summary = run("inloc", tmp_path, extractor, refine="none")  # refined: test_localize_refine
     check_results_file(root, results, summary)
     groups = summary["evaluation"]["groups"]
     assert set(groups) == {"all", "DUC1", "DUC2"}
@@ -74,13 +77,15 @@ def test_inloc(tmp_path, extractor):
 
 def test_aachen_v1_0_runs_end_to_end_and_resumes(tmp_path, extractor):
     """The NVM path with our own retrieval, on a tiny dataset; a second run redoes nothing."""
-    root, results, summary = run("aachen", tmp_path, extractor, use_gt_pairs=False, num_db=8, num_queries=3)
+    root, results, summary = run("aachen", tmp_path, extractor, use_gt_pairs=False, refine="none", num_db=8,
+                                 num_queries=3)
     check_results_file(root, results, summary)
     assert summary["settings"]["retrieval_source"].startswith("GeM")
     outputs = tmp_path / "outputs"
     written = {path: path.stat().st_mtime_ns for path in outputs.rglob("*.h5")}
     assert written
-    again = localize.main("aachen", root, outputs, None, localize.LocalizationConfig(num_retrieved=10),
+    again = localize.main("aachen", root, outputs, None,
+                          localize.LocalizationConfig(num_retrieved=10, refine=RefineConfig(mode="none")),
                           extractor=extractor)
     assert again == results
     assert {path: path.stat().st_mtime_ns for path in outputs.rglob("*.h5")} == written  # nothing redone
