@@ -25,19 +25,22 @@ from ..image_headers import ImageError, ImageHeader, ImageTooLargeError, max_ima
 logger = logging.getLogger(__name__)
 
 
+def read_json_object(path: Path) -> dict:
+    """The JSON object in `path`; empty when the file is missing or damaged (a cache, not an input)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 class StampCache:
     """{file: FileStamp} remembered between runs in one JSON file of the output folder."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.stamps: dict[str, str] = {}
+        self.stamps = {str(k): str(v) for k, v in read_json_object(self.path).items()}  # none: hash once
         self.dirty = False
-        try:
-            data = json.loads(self.path.read_text())
-            if isinstance(data, dict):
-                self.stamps = {str(k): str(v) for k, v in data.items()}
-        except (OSError, ValueError):
-            pass  # no or damaged cache: every file is hashed once
 
     def digest(self, path: Path) -> str:
         """Content digest of `path` ("missing" when it is not a file); hashed only when its size
@@ -90,14 +93,9 @@ class ImageChecks:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.entries: dict[str, dict] = {}
+        self.entries = {str(k): v for k, v in read_json_object(self.path).items()  # none: check once
+                        if isinstance(v, dict)}
         self.dirty = False
-        try:
-            data = json.loads(self.path.read_text())
-            if isinstance(data, dict):
-                self.entries = {str(k): v for k, v in data.items() if isinstance(v, dict)}
-        except (OSError, ValueError):
-            pass  # no or damaged record: every image is checked once
 
     def check(self, path: Path) -> ImageHeader | str:
         """The image's header, or why it cannot be used (one line naming the file)."""
