@@ -4,7 +4,8 @@ pycolmap's SIFT pipeline, in one run.
   python pipelines/benchmark_accuracy.py --output /tmp/acc [--data ../shared/data] \
       [--sets kermit,sceaux,sample,temple,aachen,inloc] [--refine none,keypoints,keypoints+bundle] \
       [--mappers incremental,global] [--skip-sift] [--device cpu] \
-      [--synthetic-db 12] [--synthetic-queries 6] [--synthetic-size 640x480] [--synthetic-seed 0]
+      [--synthetic-db 12] [--synthetic-queries 6] [--synthetic-size 640x480] [--synthetic-seed 0] \
+      [--sample-seed 0]
 
 Each D2 row is one whole `python -m d2_sfm.reconstruct ... --refine X --mapper M` process (wall
 time measured around it); SIFT rows come from pipelines/compare_sift.py (pycolmap extract_features,
@@ -55,8 +56,9 @@ NUM_RETRIEVED = 10
 MAX_EDGE = 1024
 
 
-def prepare(name: str, data: Path, output: Path) -> tuple[Path | None, list[str]]:
-    """(image folder, extra reconstruct arguments) of a set; None folder: the generated sample scene."""
+def prepare(name: str, data: Path, output: Path, sample_seed: int = 0) -> tuple[Path | None, list[str]]:
+    """(image folder, extra reconstruct arguments) of a set; None folder: the generated sample scene
+    (another `sample_seed` renders another scene of the same kind into OUT/sample_seed<N>)."""
     sfm = data / "sfm"
     if name == "kermit":
         return sfm / "kermit", []
@@ -67,6 +69,11 @@ def prepare(name: str, data: Path, output: Path) -> tuple[Path | None, list[str]
         k = np.array(par.read_text().split("\n")[1].split()[1:10], float).reshape(3, 3)
         params = f"{k[0, 0]},{k[1, 1]},{k[0, 2]},{k[1, 2]}"
         return sfm / "temple_sparse_ring", ["--camera-params", params, "--ground-truth", str(par)]
+    if name == "sample" and sample_seed:
+        from d2_sfm.datasets.sample_scene import GROUND_TRUTH_FILE, IMAGE_DIR, write_sample_scene
+
+        root = write_sample_scene(output / f"sample_seed{sample_seed}", seed=sample_seed)
+        return root / IMAGE_DIR, ["--ground-truth", str(root / GROUND_TRUTH_FILE)]
     if name == "sample":
         return None, []
     raise D2SfmError(f"unknown set {name!r}: expected some of {', '.join(SETS)}")
@@ -248,8 +255,8 @@ def localization_rows(name: str, output: Path, refines: list[str], device: str, 
 
 
 def main(output: Path, data: Path, sets: list[str], refines: list[str], mappers: list[str], sift: bool,
-         device: str, synthetic: tuple[int, int, tuple[int, int], int] = (12, 6, (640, 480), 0)
-         ) -> tuple[list[str], list[str], list[str]]:
+         device: str, synthetic: tuple[int, int, tuple[int, int], int] = (12, 6, (640, 480), 0),
+         sample_seed: int = 0) -> tuple[list[str], list[str], list[str]]:
     unknown = [name for name in sets if name not in SETS]
     if unknown:
         raise D2SfmError(f"unknown set(s) {', '.join(unknown)}: expected some of {', '.join(SETS)}")
@@ -261,7 +268,7 @@ def main(output: Path, data: Path, sets: list[str], refines: list[str], mappers:
         if name in SYNTHETIC:
             localization += localization_rows(name, output, refines, device, *synthetic, results)
             continue
-        images, extra = prepare(name, data, output)
+        images, extra = prepare(name, data, output, sample_seed)
         cwd = output / name
         cwd.mkdir(parents=True, exist_ok=True)
         baseline, d2_runs = None, {}
@@ -298,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--synthetic-queries", type=int, default=6, help="aachen/inloc: queries")
     parser.add_argument("--synthetic-size", default="640x480", help="aachen/inloc: image size WxH")
     parser.add_argument("--synthetic-seed", type=int, default=0, help="aachen/inloc: the datasets' seed")
+    parser.add_argument("--sample-seed", type=int, default=0,
+                        help="sample: render another scene of the embedded kind (0: the embedded scene itself)")
     return parser
 
 
@@ -311,7 +320,8 @@ def cli(argv: list[str] | None = None) -> int:
         raise D2SfmError(f"--synthetic-size must be WxH, e.g. 640x480, got {args.synthetic_size!r}")
     rows, localization, against_sift = main(args.output.resolve(), args.data.resolve(), args.sets.split(","),
                               args.refine.split(","), args.mappers.split(","), not args.skip_sift, args.device,
-                              (args.synthetic_db, args.synthetic_queries, size, args.synthetic_seed))
+                              (args.synthetic_db, args.synthetic_queries, size, args.synthetic_seed),
+                              args.sample_seed)
     if rows:
         print(HEADER)
         print("\n".join(rows))
