@@ -34,13 +34,33 @@ def read_json_object(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-class StampCache:
-    """{file: FileStamp} remembered between runs in one JSON file of the output folder."""
+class JsonCache:
+    """{file: what is remembered about it} kept between runs in one JSON file of the output folder:
+    read once (missing or damaged: empty, so everything is worked out once more), written by
+    `save` only when an entry changed."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.stamps = {str(k): str(v) for k, v in read_json_object(self.path).items()}  # none: hash once
+        self.entries = read_json_object(self.path)
         self.dirty = False
+
+    def _remember(self, key: str, entry: object) -> None:
+        if self.entries.get(key) != entry:
+            self.entries[key] = entry
+            self.dirty = True
+
+    def save(self) -> None:
+        if self.dirty:
+            write_json(self.path, self.entries)
+            self.dirty = False
+
+
+class StampCache(JsonCache):
+    """{file: FileStamp} remembered between runs."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self.entries = {str(k): str(v) for k, v in self.entries.items()}
 
     def digest(self, path: Path) -> str:
         """Content digest of `path` ("missing" when it is not a file); hashed only when its size
@@ -50,15 +70,14 @@ class StampCache:
             stat = os.stat(path)
         except OSError:
             return "missing"
-        stored = FileStamp.from_text(self.stamps.get(key, ""))
+        stored = FileStamp.from_text(self.entries.get(key, ""))
         if stored is not None and stored.size == stat.st_size and stored.mtime_ns == stat.st_mtime_ns:
             return stored.digest
         try:
             stamp = FileStamp.of(Path(path))
         except OSError:  # e.g. no permission: an unreadable image is a counted skip, not a traceback
             return f"unreadable {stat.st_size}:{stat.st_mtime_ns}"
-        self.stamps[key] = stamp.to_text()
-        self.dirty = True
+        self._remember(key, stamp.to_text())
         return stamp.digest
 
     def digests(self, paths: list[Path], root: Path) -> dict[str, str]:
@@ -66,22 +85,20 @@ class StampCache:
         return {Path(p).relative_to(root).as_posix() if Path(p).is_relative_to(root) else str(p): self.digest(p)
                 for p in paths}
 
-    def save(self) -> None:
-        if self.dirty:
-            write_json(self.path, self.stamps)
-            self.dirty = False
-
-
 def stat_stamp(path: Path) -> str:
     """`size:mtime_ns` of a file too large to hash on every run; "missing" when absent."""
     try:
         stat = os.stat(path)
     except OSError:
         return "missing"
+    return stat_text(stat)
+
+
+def stat_text(stat: os.stat_result) -> str:
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
-class ImageChecks:
+class ImageChecks(JsonCache):
     """Whether each input image is readable, by its header (`read_image_header`), remembered
     between runs in one JSON file of the output folder: {file: {"stat": size:mtime_ns, and "size":
     [W, H] or "problem": why it cannot be used}}. A file is read again only when its size or
@@ -92,10 +109,8 @@ class ImageChecks:
     pixel limit of D2_SFM_MAX_IMAGE_PIXELS) are not remembered: they are checked on every run."""
 
     def __init__(self, path: Path):
-        self.path = Path(path)
-        self.entries = {str(k): v for k, v in read_json_object(self.path).items()  # none: check once
-                        if isinstance(v, dict)}
-        self.dirty = False
+        super().__init__(path)
+        self.entries = {str(k): v for k, v in self.entries.items() if isinstance(v, dict)}
 
     def check(self, path: Path) -> ImageHeader | str:
         """The image's header, or why it cannot be used (one line naming the file)."""
@@ -104,7 +119,7 @@ class ImageChecks:
             stat = os.stat(path)
         except OSError as error:
             return f"image {path} cannot be read: {error.strerror or error}"
-        current = f"{stat.st_size}:{stat.st_mtime_ns}"
+        current = stat_text(stat)
         entry = self.entries.get(key, {})
         if entry.get("stat") == current:
             remembered = self._remembered(entry)
@@ -143,25 +158,10 @@ class ImageChecks:
         size:mtime_ns then; a file replaced meanwhile is checked again next run)."""
         if reason.startswith("cannot read image") or "over the limit" in reason:
             return  # an OS error or the pixel limit: may pass without the file changing
-        try:
-            stat = os.stat(path)
-        except OSError:
-            return
-        current = f"{stat.st_size}:{stat.st_mtime_ns}"
-        if current == checked:
-            self._remember(str(Path(path).absolute()), {"stat": current, "problem": reason})
+        if stat_stamp(path) == checked:  # ("missing" never equals a checked stamp)
+            self._remember(str(Path(path).absolute()), {"stat": checked, "problem": reason})
 
     def stat_of(self, path: Path) -> str | None:
         """size:mtime_ns of the file as last checked, None when unknown."""
         entry = self.entries.get(str(Path(path).absolute()))
         return entry.get("stat") if entry else None
-
-    def _remember(self, key: str, entry: dict) -> None:
-        if self.entries.get(key) != entry:
-            self.entries[key] = entry
-            self.dirty = True
-
-    def save(self) -> None:
-        if self.dirty:
-            write_json(self.path, self.entries)
-            self.dirty = False
