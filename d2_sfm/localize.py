@@ -35,12 +35,14 @@ With `--executor ray`, extraction, matching and per-query pose estimation run as
 process reads the inputs and writes every file, as locally; the results are the same).
 A query that cannot be localized still gets a line (Aachen: the pose of its best retrieved database
 image, as hloc; InLoc: the identity), and is listed as a failure, with the reason, in summary.json.
-An image that cannot be read (missing, empty, not an image by its header: found before anything is
-computed; or undecodable: found by extraction) is a counted skip, not an error: a query is such a
-failure, a database image is left out of matching and of the triangulated model and listed under
-`skipped_database_images` in summary.json (one warning line each); only a run left with no readable
-query or no readable database image stops, with one line. A resume reads no image again (their
-checks are kept in OUT/image-checks.json by size and time) and a replaced image is used.
+An image that cannot be read (empty, not an image by its header, no permission: found before
+anything is computed; or undecodable: found by extraction) is a counted skip, not an error: a query
+is such a failure, a database image is left out of matching and of the triangulated model and listed
+under `skipped_database_images` in summary.json (one warning line each); only a run left with no
+readable query or no readable database image stops, with one line. A resume reads no image again
+(their checks are kept in OUT/image-checks.json by size and time) and a replaced image is used. An
+image that an Aachen or kapture dataset lists but whose file is missing is refused, in one line,
+when the dataset is opened.
 """
 from __future__ import annotations
 
