@@ -22,6 +22,9 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 MIN_MIP_SIZE = 8
+# Bumped whenever the same scene and pose render differently, so that stored renderings are redone.
+# 2: mip levels sampled at their true texel centres (level 1 and coarser sat up to 0.5 px off).
+RENDERER_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -182,13 +185,16 @@ def sample_mipmapped(quad: Quad, s: np.ndarray, t: np.ndarray, footprint: np.nda
     low = np.floor(level).astype(np.int32)
     frac = (level - low).astype(np.float32)
     colour = np.zeros((len(s), 3), np.float32)
+    base_height, base_width = quad.levels[0].shape[:2]
+    x, y = s * base_width - 0.5, t * base_height - 0.5  # level-0 texel coordinates (cv2: centres on integers)
     for lvl in range(int(low.min()), min(int(low.max()) + 1, last) + 1):
         weight = np.where(low == lvl, 1 - frac, 0) + np.where(low + 1 == lvl, frac, 0)
         used = weight > 0
         if not used.any():
             continue
-        tex = quad.levels[lvl]
-        texel = remap_points(tex, s[used] * tex.shape[1] - 0.5, t[used] * tex.shape[0] - 0.5)
+        # pyrDown centres texel i of a level on texel 2i of the level below, so level-0 texel x is
+        # level-L texel x / 2^L (not (x + 0.5) / 2^L - 0.5: that shifted distant surfaces by up to 0.5 px)
+        texel = remap_points(quad.levels[lvl], x[used] / 2 ** lvl, y[used] / 2 ** lvl)
         colour[used] += weight[used, None] * texel
     return colour
 

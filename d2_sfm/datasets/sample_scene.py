@@ -21,7 +21,7 @@ from ..atomic import write_text
 from ..colmap import pycolmap
 from . import DatasetError
 from .formats import data_lines, num, parse_floats, qt_from_rigid, rigid_from_matrix, rigid_from_qt
-from .render import PinholeCamera, look_at, render
+from .render import RENDERER_VERSION, PinholeCamera, look_at, render
 from .scenes import plaza_site
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,8 @@ def sample_scene_poses(num_views: int, rng: np.random.Generator) -> list[np.ndar
 
 
 def header_line(num_views: int, size: tuple[int, int], seed: int) -> str:
-    return f"# d2_sfm sample scene: num_views={num_views} size={size[0]}x{size[1]} seed={seed}\n"
+    return (f"# d2_sfm sample scene: num_views={num_views} size={size[0]}x{size[1]} seed={seed} "
+            f"renderer={RENDERER_VERSION}\n")
 
 
 def is_complete(root: Path, header: str, num_views: int) -> bool:

@@ -25,6 +25,25 @@ def test_fronto_parallel_quad_maps_texels_to_pixels_exactly():
     assert (rendering.quad_index == 0).all()
 
 
+@pytest.mark.parametrize("texels_per_pixel", [1.4, 2.8, 5.5, 11.0])
+def test_distant_textures_stay_where_they_project(texels_per_pixel):
+    """At every mip level a texture feature renders where its texel projects. Sampling a pyrDown level
+    at its own pixel centres put it up to 0.45 px off (texture shifted towards +s, +t), a bias that
+    capped the sample scene's pose accuracy."""
+    yy, xx = np.mgrid[:512, :512]
+    s0, t0 = 200.5 / 512, 300.5 / 512  # the centre of texel (300, 200)
+    blob = 255 * np.exp(-((xx + 0.5 - 512 * s0) ** 2 + (yy + 0.5 - 512 * t0) ** 2) / (2 * 24.0 ** 2))
+    quad = Quad.create([-1, -1, 0], [2, 0, 0], [0, 2, 0], np.repeat(np.rint(blob)[..., None], 3, 2).astype(np.uint8))
+    camera = PinholeCamera.from_hfov(320, 240, 60)
+    distance = texels_per_pixel * 2 * camera.fx / 512  # the quad's 2 m hold 512 texels
+    pose = look_at(np.array([0.1, 0.05, -distance]), np.array([0.1, 0.05, 0.0]), up=np.array([0.0, -1.0, 0.0]))
+    image = render(Scene((quad,), (0, 0, 0)), camera, pose).image[..., 0].astype(np.float64)
+    rows, cols = np.mgrid[:240, :320]
+    centroid = np.array([(cols * image).sum(), (rows * image).sum()]) / image.sum() + 0.5  # COLMAP pixels
+    projected = project(quad.point(np.array([s0]), np.array([t0])), camera, pose)[0][0]
+    np.testing.assert_allclose(centroid, projected, atol=0.05)
+
+
 def scene_and_view():
     ground = Quad.create([-5, -5, 0], [10, 0, 0], [0, 10, 0], noise_texture(64, 64, 1))
     wall = Quad.create([-3, 3, 0], [6, 0, 0], [0, 0, 3], noise_texture(32, 64, 2))
