@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from d2_sfm import reconstruct
 from d2_sfm.alignment import model_poses
@@ -80,6 +81,27 @@ def test_poses_get_closer_to_the_ground_truth(model, loader, run_dir):
     assert after["num_pairs"] == before["num_pairs"] >= 6
     assert after["median"] < 0.85 * before["median"]
     assert after["max"] < before["max"]
+
+
+def test_the_adjustment_does_not_depend_on_the_number_of_threads(model, loader):
+    """Observations are realigned on parallel worker threads (one image each): the same model with
+    1 or 3 workers up to the solver's rounding, and torch's thread count is restored afterwards."""
+    threads = torch.get_num_threads()
+    adjusted = {}
+    try:
+        for workers in (1, 3):
+            torch.set_num_threads(workers)
+            copy = pycolmap.Reconstruction(model)
+            report = adjust_reconstruction(copy, loader, BUNDLE)
+            assert torch.get_num_threads() == workers
+            adjusted[workers] = (report.realigned, observations(copy), model_poses(copy))
+    finally:
+        torch.set_num_threads(threads)
+    (realigned1, observed1, poses1), (realigned3, observed3, poses3) = adjusted[1], adjusted[3]
+    assert realigned1 == realigned3 > 0 and observed1.keys() == observed3.keys()
+    assert all(np.array_equal(observed1[key], observed3[key]) for key in observed1)  # the alignments: bitwise
+    for name, pose in poses1.items():
+        np.testing.assert_allclose(pose.matrix(), poses3[name].matrix(), rtol=0, atol=1e-9)
 
 
 def test_an_observation_on_the_wrong_spot_leaves_or_stays_bounded(model, loader):

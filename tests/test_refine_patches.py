@@ -100,6 +100,26 @@ def test_refine_step_aligns_tracks_across_homography_warps(tmp_path):
     assert np.array_equal(read_keypoints(tmp_path / "refined.h5", "a.png"), truth["a.png"])  # roots stay
 
 
+def test_refined_keypoints_do_not_depend_on_the_number_of_threads(tmp_path):
+    """Images are aligned on parallel worker threads, one image per thread, each op on one thread:
+    the same keypoints with 1 or 3 workers, and torch's thread count is restored afterwards."""
+    write_warped_scene(tmp_path, perturb=1.5)
+    threads = torch.get_num_threads()
+    refined = {}
+    try:
+        for workers in (1, 3):
+            torch.set_num_threads(workers)
+            output = tmp_path / f"refined{workers}.h5"
+            refine.main(tmp_path / "images", tmp_path / "features.h5", tmp_path / "matches.h5", tmp_path / "pairs.txt",
+                        output, refine.RefineConfig(mode="keypoints"))
+            assert torch.get_num_threads() == workers
+            refined[workers] = {name: read_keypoints(output, name) for name in HOMOGRAPHIES}
+    finally:
+        torch.set_num_threads(threads)
+    for name in HOMOGRAPHIES:
+        np.testing.assert_array_equal(refined[1][name], refined[3][name])
+
+
 def test_aligned_keypoints_stay_inside_the_image():
     image = texture()
     height, width = image.shape[:2]

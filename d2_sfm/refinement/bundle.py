@@ -31,6 +31,7 @@ from ..errors import D2SfmError
 from ..images import read_image
 from ..paths import resolve_inside
 from .bundle_solver import BundleSolverConfig, solve_weighted_bundle
+from .optimize import map_single_threaded
 from .patches import Alignment, align_detailed, prepare_image, templates, translation_information
 from .photometric import linear_parts, split_by, to_original, to_working, track_members, working_image
 
@@ -155,7 +156,9 @@ def realign(reconstruction: pycolmap.Reconstruction, observations: Observations,
     passed = np.ones(count, bool)
     information = np.zeros((count, 2, 2))
     patch = replace(config.patch, bound=config.bundle.bound, affine_steps=config.bundle.affine_steps)
-    for chosen in split_by(observations.image_ids):
+
+    def align_image(chosen: np.ndarray) -> None:
+        """Aligns the observations `chosen` (all in one image), writing their rows of the outputs."""
         image_stack, scale = stack(int(observations.image_ids[chosen[0]]))
         hessian = torch.zeros((len(chosen), 2, 2), device=device)
         for references, rows in ((True, chosen[is_reference[chosen]]), (False, chosen[~is_reference[chosen]])):
@@ -172,6 +175,8 @@ def realign(reconstruction: pycolmap.Reconstruction, observations: Observations,
             passed[rows] = result.ok.cpu().numpy()
             hessian[where] = result.information
         information[chosen] = scale[None, :, None] * hessian.cpu().double().numpy() * scale[None, None, :]
+
+    map_single_threaded(align_image, split_by(observations.image_ids), device)  # disjoint rows per image
     timings["align"] = time.time() - tick
     return aligned, passed, information
 

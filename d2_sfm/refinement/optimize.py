@@ -11,7 +11,8 @@ bound of +-`bound` cells around the start (projected steps).
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator, TypeVar
 
 import torch
 
@@ -37,6 +38,24 @@ def single_thread(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+def map_single_threaded(function: Callable[[Item], Result], items: list[Item], device: torch.device,
+                        progress: Callable = lambda it, **_: it, **progress_args) -> list[Result]:
+    """[function(item) for item in items], on as many worker threads as torch has CPU threads
+    (OMP_NUM_THREADS), each running its ops on one thread: the many small tensor ops of one
+    image's alignment leave cores idle, one image per core does not (torch releases the GIL).
+    Results do not depend on the number of workers. On an accelerator: one by one."""
+    workers = min(len(items), torch.get_num_threads()) if device.type == "cpu" else 1
+    with single_thread(device):
+        if workers <= 1:
+            return [function(item) for item in progress(items, total=len(items), **progress_args)]
+        with ThreadPoolExecutor(workers) as pool:
+            return list(progress(pool.map(function, items), total=len(items), **progress_args))
 
 
 def align(patches: torch.Tensor, start: torch.Tensor, references: torch.Tensor, weights: torch.Tensor,

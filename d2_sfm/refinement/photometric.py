@@ -20,6 +20,7 @@ import torch
 from .keypoints import KeypointAdjustment
 from .geometry import epipolar_inliers
 from .local_affine import AffineConfig, local_linear_maps
+from .optimize import map_single_threaded
 from ..images import resize, resized_size
 from .patches import PatchConfig, align, prepare_image, templates
 from .tracks import Tracks, node_image
@@ -134,20 +135,27 @@ def adjust_keypoints_photometric(keypoints: list[np.ndarray], tracks: Tracks, of
             cached_bytes += size
 
     timings["templates"], tick = time.time() - tick, time.time()
-    moved = np.zeros(len(free), np.float32)
-    for chosen in progress(split_by(node_images), desc="refine: align", unit="img"):
+    def align_image(chosen: np.ndarray) -> tuple[np.ndarray, bool]:
+        """The aligned original pixels of the free nodes `chosen` (all in one image); whether it was loaded."""
         image = int(node_images[chosen[0]])
         stack = cache.pop(image, None)
-        if stack is None:
+        loaded = stack is None
+        if loaded:
             stack = load_image(image)
-            loads += 1
         track = torch.from_numpy(tracks.track[free[chosen]]).to(device)
         aligned, _ = align(stack, template[track], torch.from_numpy(working[free[chosen]]).to(device),
                            torch.from_numpy(linear[chosen]).to(device), patch)
-        new = to_original(aligned.cpu().numpy(), scales[image]).astype(np.float32)
+        return to_original(aligned.cpu().numpy(), scales[image]).astype(np.float32), loaded
+
+    moved = np.zeros(len(free), np.float32)
+    groups = split_by(node_images)
+    results = map_single_threaded(align_image, groups, device, progress, desc="refine: align", unit="img")
+    for chosen, (new, loaded) in zip(groups, results):
+        image = int(node_images[chosen[0]])
         local = tracks.nodes[free[chosen]] - offsets[image]
         moved[chosen] = np.linalg.norm(new - refined[image][local], axis=1)
         refined[image][local] = new
+        loads += loaded
     timings["align"] = time.time() - tick
     return KeypointAdjustment(refined, moved, tracks.num_tracks, loads)
 
