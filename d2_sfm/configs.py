@@ -134,6 +134,10 @@ class BundleConfig:
     # Models with more registered images keep their poses (only the points move): the solver's reduced
     # camera system is dense, (6 N)^2 doubles and O(N^3) per step: 290 MB at 1000 images.
     max_pose_images: int = 1000
+    # Also refine the focal length and distortion of self-calibrated cameras (as mapping does; the principal
+    # point stays). Off: on three renderings of the sample scene (seeds 0, 1, 2) the largest rotation error went
+    # 0.022 / 0.123 / 0.112 -> 0.112 / 0.072 / 0.075 deg, the focal length to +0.4-0.6 % of the truth each time.
+    refine_intrinsics: bool = False
 
 
 REFINE_MODES = ("none", "keypoints", "keypoints+bundle")
@@ -149,8 +153,9 @@ class RefineConfig:
     # incremental mapper): mean reprojection error none / keypoints / keypoints+bundle kermit 1.26 / 1.02 /
     # 0.64 px, Sceaux 1.16 / 0.90 / 0.45; median relative rotation against COLMAP SIFT's model kermit
     # 0.97 / 0.55 / 0.31 deg, Sceaux 0.87 / 0.85 / 0.22; temple's against its ground truth 10.3 / 11.9 /
-    # 1.9; synthetic Aachen median position 0.052 / 0.011 / 0.008 m; refine + bundle 18-28 % of the
-    # unrefined wall. The wrong 5-view temple model that refinement builds without known intrinsics is
+    # 1.9; the sample scene's largest rotation error against its ground truth 0.341 / 0.097 / 0.022 deg
+    # (COLMAP SIFT 0.090); synthetic Aachen median position 0.034 / 0.006 / 0.004 m; refine + bundle
+    # 12-22 % of the unrefined wall. The wrong 5-view temple model that refinement builds without known intrinsics is
     # flagged by the focal-length uncertainty check (ReliabilityConfig.max_focal_uncertainty).
     mode: str = "keypoints+bundle"
     # "patches" | "features". Mean MMA@1 over the five real homography pairs (pipelines/eval_homography.py
@@ -213,4 +218,6 @@ class RefineConfig:
         settings = {k: v for k, v in asdict(self).items() if k not in REFINE_PERFORMANCE_ONLY + unused}
         for name in set(PATCH_ONLY) - set(unused):
             settings[name] = {k: v for k, v in settings[name].items() if k not in REFINE_PERFORMANCE_ONLY}
+        if "bundle" in settings and not self.bundle.refine_intrinsics:  # runs made before it existed stay valid
+            del settings["bundle"]["refine_intrinsics"]
         return settings

@@ -3,7 +3,8 @@
 python -m d2_sfm.reconstruct [--images DIR] --output OUT [--weights NAME|PATH] [--multiscale]
     [--max-edge N] [--pairs exhaustive|sequential|retrieval] [--pairs-file FILE] [--num-matched K]
     [--camera-mode auto|single|per_image|per_folder] [--camera-params fx,fy,cx,cy]
-    [--refine none|keypoints|keypoints+bundle] [--mapper incremental|global] [--executor local|ray] [--overwrite]
+    [--refine none|keypoints|keypoints+bundle] [--bundle-intrinsics] [--mapper incremental|global]
+    [--executor local|ray] [--overwrite]
 
 Steps (each skipped when its outputs are complete and were made with the same settings, so an
 interrupted or repeated run resumes where it stopped; `OUT/steps.json` records them):
@@ -22,7 +23,9 @@ interrupted or repeated run resumes where it stopped; `OUT/steps.json` records t
                                 every observation of each 3D point aligned to the point's best-
                                 reprojecting observation, the ones whose patches do not correlate
                                 dropped, poses and points fitted to the aligned positions with each
-                                patch's 2x2 information (d2_sfm.refinement.bundle)
+                                patch's 2x2 information (d2_sfm.refinement.bundle); intrinsics as
+                                mapping left them, or with --bundle-intrinsics the self-calibrated
+                                cameras' focal length and distortion refined too
             OUT/points.ply, OUT/summary.json, OUT/overview.png (top view); COLMAP's log: OUT/colmap.log
 
 Without --images the embedded sample scene is generated (once) under datasets/sample_scene and
@@ -124,7 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--pairs-file", type=Path, help="use this pairs file (hloc format) instead")
     group.add_argument("--num-matched", type=int, help="retrieval: neighbours")
     group.add_argument("--window", type=int, help="sequential: neighbours")
-    add_refine_argument(parser.add_argument_group("keypoint refinement"), "matched keypoints before the database")
+    group = parser.add_argument_group("keypoint refinement")
+    add_refine_argument(group, "matched keypoints before the database")
+    group.add_argument("--bundle-intrinsics", action="store_true",
+                       help="with keypoints+bundle: the featuremetric bundle adjustment also refines the focal "
+                            "length and distortion of self-calibrated cameras (default: as mapping left them)")
     group = parser.add_argument_group("mapping")
     group.add_argument("--mapper", choices=MAPPERS,
                        help="incremental (default): pycolmap's incremental mapper; global: GLOMAP's rotation "
@@ -151,6 +158,8 @@ def config_from_args(args: argparse.Namespace) -> ReconstructionConfig:
     pairs_config = replace(default.pairs, mode="file" if args.pairs_file else args.pairs or default.pairs.mode,
                            **given(num_matched=args.num_matched, window=args.window))
     refine = refine_config_from_args(args)
+    if args.bundle_intrinsics:
+        refine = replace(refine, bundle=replace(refine.bundle, refine_intrinsics=True))
     mapper = replace(default.mapper, refine_known_intrinsics=args.refine_known_intrinsics,
                      **given(method=args.mapper, num_threads=args.num_threads))
     return ReconstructionConfig(

@@ -2,7 +2,7 @@
 pycolmap's SIFT pipeline, in one run.
 
   python pipelines/benchmark_accuracy.py --output /tmp/acc [--data ../shared/data] \
-      [--sets kermit,sceaux,sample,temple,aachen,inloc] [--refine none,keypoints,keypoints+bundle] \
+      [--sets kermit,sceaux,sample,temple,aachen,inloc] [--refine none,keypoints,keypoints+bundle[+intrinsics]] \
       [--mappers incremental,global] [--skip-sift] [--device cpu] \
       [--synthetic-db 12] [--synthetic-queries 6] [--synthetic-size 640x480] [--synthetic-seed 0] \
       [--sample-seed 0]
@@ -54,6 +54,7 @@ SYNTHETIC = {"aachen": "aachen_v1_1", "inloc": "inloc"}  # set -> synthetic layo
 LOCALIZATION_THRESHOLDS = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))  # hloc's Aachen (m, deg)
 NUM_RETRIEVED = 10
 MAX_EDGE = 1024
+INTRINSICS_SUFFIX = "+intrinsics"  # refine mode keypoints+bundle+intrinsics: reconstruct --bundle-intrinsics
 
 
 def prepare(name: str, data: Path, output: Path, sample_seed: int = 0) -> tuple[Path | None, list[str]]:
@@ -97,7 +98,8 @@ def run_d2(images: Path | None, extra: list[str], output: Path, refine: str, map
            cwd: Path) -> dict[str, object]:
     """One whole reconstruct process; its summary.json plus the wall time."""
     command = [sys.executable, "-m", "d2_sfm.reconstruct", "--output", str(output), "--overwrite",
-               "--max-edge", str(MAX_EDGE), "--refine", refine, "--mapper", mapper, "--device", device, *extra]
+               "--max-edge", str(MAX_EDGE), "--refine", refine.removesuffix(INTRINSICS_SUFFIX), "--mapper", mapper,
+               "--device", device, *extra, *(["--bundle-intrinsics"] if refine.endswith(INTRINSICS_SUFFIX) else [])]
     if images is not None:
         command += ["--images", str(images)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -246,7 +248,7 @@ def localization_rows(name: str, output: Path, refines: list[str], device: str, 
     root = cwd / "dataset"
     synthetic.main(layout, root, seed, num_db, num_queries, overwrite=True, image_size=size)  # as asked, always
     rows = []
-    for refine in refines:
+    for refine in (mode for mode in refines if not mode.endswith(INTRINSICS_SUFFIX)):  # reconstruct only
         label = f"{name} ({layout}, {num_db} db, {num_queries} queries, seed {seed}) D2 refine={refine}"
         logger.info("%s", label)
         results[label] = run_localize(layout, root, cwd / f"d2_{refine}", refine, device, cwd)
@@ -296,7 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, required=True, help="scratch folder for all runs")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--sets", default=",".join(SETS))
-    parser.add_argument("--refine", default="none,keypoints,keypoints+bundle", help="refine modes to run (comma-separated)")
+    parser.add_argument("--refine", default="none,keypoints,keypoints+bundle",
+                        help="refine modes to run (comma-separated); keypoints+bundle+intrinsics: keypoints+bundle "
+                             "with reconstruct --bundle-intrinsics (not for the localization sets)")
     parser.add_argument("--mappers", default="incremental", help="incremental and/or global (comma-separated)")
     parser.add_argument("--skip-sift", action="store_true")
     parser.add_argument("--device", default="cpu")

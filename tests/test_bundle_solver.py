@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from d2_sfm.colmap import pycolmap
-from d2_sfm.refinement.bundle_solver import (BundleInputError, BundleSolverConfig, so3_exp,
+from d2_sfm.refinement.bundle_solver import (BundleInputError, BundleSolverConfig, TargetIntrinsics, so3_exp,
                                              solve_weighted_bundle)
 
 FOCAL, CENTRE = 1000.0, 500.0
@@ -159,6 +159,40 @@ def test_identity_information_matches_pycolmap_bundle_adjustment():
     assert moved > 1e-3  # the solution is far from the start, so agreement is not trivial
     for mine, reference in zip(ours[:3], theirs):
         assert torch.allclose(mine, reference, atol=1e-7), (mine - reference).abs().max()
+
+
+def radial_camera(focal: float, k: float) -> pycolmap.Camera:
+    return pycolmap.Camera(model="SIMPLE_RADIAL", width=1000, height=1000, params=[focal, CENTRE, CENTRE, k])
+
+
+def test_free_intrinsics_recover_the_true_focal_length_and_distortion():
+    """Exact pixels of a SIMPLE_RADIAL camera (f 1000, k 0.03) read through a wrong one (f 995, k 0):
+    with the targets' Jacobians the solve finds the intrinsics' error and the poses; without, it cannot."""
+    rotations, translations, points, image_index, point_index, rng = make_scene(4)
+    normal = project(rotations, translations, points, image_index, point_index).numpy()
+    pixels = radial_camera(FOCAL, 0.03).img_from_cam(np.c_[normal, np.ones(len(normal))])
+    wrong = np.array([995.0, 0.0])
+    targets = torch.from_numpy(radial_camera(*wrong).cam_from_img(pixels))
+    jacobians = np.zeros((len(pixels), 2, 2))
+    for column, step in enumerate(np.diag([1e-3, 1e-6])):
+        jacobians[:, :, column] = (radial_camera(*(wrong + step)).cam_from_img(pixels)
+                                   - radial_camera(*(wrong - step)).cam_from_img(pixels)) / (2 * step.sum())
+    intrinsics = TargetIntrinsics(torch.zeros(len(pixels), dtype=torch.long), torch.from_numpy(jacobians), 1)
+    start = perturb(rotations, translations, points, rng)
+    information = torch.eye(2, dtype=torch.float64).expand(len(targets), 2, 2) * FOCAL ** 2
+    fixed = solve_weighted_bundle(*start, image_index, point_index, targets, information, two_fixed(len(rotations)),
+                                  NO_LOSS)
+    free = solve_weighted_bundle(*start, image_index, point_index, targets, information, two_fixed(len(rotations)),
+                                 NO_LOSS, intrinsics)
+    assert fixed[3].intrinsics_step is None and fixed[3].final_cost > 1.0  # a wrong camera leaves pixels of error
+    step = free[3].intrinsics_step[0].numpy()
+    assert abs(step[0] - 5.0) < 0.1 and abs(step[1] - 0.03) < 0.002, step  # linearised targets: not exact
+    assert free[3].final_cost < 1e-3 * fixed[3].final_cost
+    assert pose_error(free[0], free[1], rotations, translations) < 1e-4 < pose_error(fixed[0], fixed[1], rotations,
+                                                                                     translations)
+    with pytest.raises(BundleInputError, match="intrinsics: camera indices out of range"):
+        solve_weighted_bundle(*start, image_index, point_index, targets, information, two_fixed(len(rotations)),
+                              NO_LOSS, TargetIntrinsics(intrinsics.camera_index + 1, intrinsics.jacobians, 1))
 
 
 def test_cauchy_loss_resists_an_outlier_and_points_behind_cameras_give_no_nan():

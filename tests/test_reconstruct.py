@@ -19,6 +19,8 @@ from d2_sfm.reconstruct import ReconstructionConfig, ReliabilityConfig
 def test_cli_defaults_equal_the_api_defaults():
     args = reconstruct.build_parser().parse_args(["--output", "out"])
     assert reconstruct.config_from_args(args) == ReconstructionConfig()
+    args = reconstruct.build_parser().parse_args(["--output", "out", "--bundle-intrinsics"])
+    assert reconstruct.config_from_args(args).refine.bundle.refine_intrinsics
 
 
 def run(argv: list[str], caplog) -> tuple[int, str]:

@@ -15,6 +15,7 @@ import torch
 from d2_sfm import reconstruct
 from d2_sfm.alignment import model_poses
 from d2_sfm.colmap import pycolmap
+from d2_sfm.colmap_db import CameraConfig
 from d2_sfm.configs import BundleConfig, RefineConfig
 from d2_sfm.errors import ConfigError
 from d2_sfm.datasets.sample_scene import GROUND_TRUTH_FILE, read_ground_truth
@@ -104,6 +105,25 @@ def test_the_adjustment_does_not_depend_on_the_number_of_threads(model, loader):
         np.testing.assert_allclose(pose.matrix(), poses3[name].matrix(), rtol=0, atol=1e-9)
 
 
+def test_free_cameras_get_a_new_focal_length_and_distortion_and_keep_their_principal_point(model, loader):
+    """BundleConfig.refine_intrinsics: the named cameras' focal length and distortion move with the
+    poses (recorded before / after in the solver report), the principal point stays; others stay."""
+    camera_id = next(iter(model.cameras))
+    fixed = pycolmap.Reconstruction(model)
+    adjust_reconstruction(fixed, loader, BUNDLE)
+    free = pycolmap.Reconstruction(model)
+    report = adjust_reconstruction(free, loader, BUNDLE, free_cameras=[camera_id])
+    before, after = (np.array(model.cameras[camera_id].params), np.array(free.cameras[camera_id].params))
+    np.testing.assert_array_equal(np.array(fixed.cameras[camera_id].params), before)
+    change = report.solver["intrinsics"][str(camera_id)]
+    np.testing.assert_array_equal(change["before"], before)
+    np.testing.assert_array_equal(change["after"], after)
+    principal = list(model.cameras[camera_id].principal_point_idxs())
+    np.testing.assert_array_equal(after[principal], before[principal])
+    assert np.abs(after - before).max() > 0  # 320 px views: the focal length moves by a fraction of a pixel or more
+    assert report.reprojection_error[1] < report.reprojection_error[0]
+
+
 def test_an_observation_on_the_wrong_spot_leaves_or_stays_bounded(model, loader):
     """An observation moved 12 px off (a wrong correspondence) is either dropped as a photometric
     outlier or moves at most the alignment bound from where it was put."""
@@ -161,6 +181,23 @@ def test_models_over_the_pose_limit_keep_the_mapped_poses(run_dir, tmp_path):
     assert all(np.array_equal(poses[name], pose.matrix()) for name, pose in model_poses(mapped.reconstruction).items())
 
 
+def test_bundle_intrinsics_move_self_calibrated_cameras_only(run_dir, tmp_path):
+    """reconstruct with BundleConfig.refine_intrinsics: the self-calibrated camera's change is in the
+    summary and the written model; a camera given by --camera-params stays as given."""
+    images = run_dir.parent / "scene" / "images"
+    run_dir = Path(shutil.copytree(run_dir, tmp_path / "out"))
+    refine = RefineConfig(mode="keypoints+bundle", bundle=BundleConfig(refine_intrinsics=True))
+    base = ReconstructionConfig(weights="hed_vgg16", extraction=ExtractionConfig(max_edge=320), refine=refine)
+    free = reconstruct.main(images, run_dir, base)
+    change = free.data["bundle"]["solver"]["intrinsics"]
+    assert change and all(values["before"] != values["after"] for values in change.values())
+    assert [camera["params"] for camera in free.data["cameras"]] == [values["after"] for values in change.values()]
+    view = next(iter(read_ground_truth(images.parent / GROUND_TRUTH_FILE).values()))
+    known = reconstruct.main(images, run_dir, replace(base, camera=CameraConfig(params=tuple(view.camera.params))))
+    assert known.data["bundle"]["solver"]["intrinsics"] == {}
+    assert all(camera["params"] == list(view.camera.params) for camera in known.data["cameras"])
+
+
 def test_bundle_settings_are_checked_and_part_of_the_resume_key():
     with pytest.raises(ConfigError, match="bundle_bound"):
         RefineConfig(mode="keypoints+bundle", bundle=BundleConfig(bound=0.0))
@@ -171,6 +208,9 @@ def test_bundle_settings_are_checked_and_part_of_the_resume_key():
     assert "bundle" not in RefineConfig(mode="keypoints").settings()  # older runs' keys stay valid
     changed = RefineConfig(mode="keypoints+bundle", bundle=BundleConfig(max_reprojection_error=2.0))
     assert changed.settings() != BUNDLE.settings()
+    assert "refine_intrinsics" not in BUNDLE.settings()["bundle"]  # off: the keys of earlier runs stay valid
+    assert RefineConfig(mode="keypoints+bundle", bundle=BundleConfig(refine_intrinsics=True)).settings()["bundle"][
+        "refine_intrinsics"]
     features = RefineConfig(mode="keypoints+bundle", method="features")
     assert "patch" in features.settings()  # the bundle aligns patches whatever the method
 

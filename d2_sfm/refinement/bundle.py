@@ -8,8 +8,9 @@ The patch cost of an observation depends on the poses and the point only through
 its Gauss-Newton model is a quadratic in the projection, centred on the aligned position, with the
 alignment's information matrix J^T J: a bundle adjustment with one anisotropic 2x2 weight per
 observation (an edge constrains its keypoint only across itself), solved in torch
-(bundle_solver). Intrinsics stay as mapping left them; observations then farther than COLMAP's
-4 px from their projection leave the model.
+(bundle_solver). Intrinsics stay as mapping left them unless `free_cameras` names cameras whose
+focal length and distortion move too (BundleConfig.refine_intrinsics); observations then farther
+than COLMAP's 4 px from their projection leave the model.
 
 Pixel conventions: COLMAP's points2D are keypoints + 0.5 (pixel centre at .5); alignment runs in
 working pixels of the image resized like extraction (photometric.to_working).
@@ -30,7 +31,7 @@ from ..configs import PatchConfig, RefineConfig
 from ..errors import D2SfmError
 from ..images import read_image
 from ..paths import resolve_inside
-from .bundle_solver import BundleSolverConfig, solve_weighted_bundle
+from .bundle_solver import BundleSolverConfig, TargetIntrinsics, solve_weighted_bundle
 from .optimize import map_single_threaded
 from .patches import Alignment, align_detailed, prepare_image, templates, translation_information
 from .photometric import linear_parts, split_by, to_original, to_working, track_members, working_image
@@ -229,14 +230,49 @@ def normalised_targets(reconstruction: pycolmap.Reconstruction, observations: Ob
     return targets, normalised_information
 
 
+def free_parameters(camera: pycolmap.Camera) -> list[int]:
+    """The parameters self-calibration refines, as in COLMAP's mapping: focal lengths and distortion,
+    not the principal point."""
+    return [int(i) for i in (*camera.focal_length_idxs(), *camera.extra_params_idxs())]
+
+
+def target_intrinsics(reconstruction: pycolmap.Reconstruction, observations: Observations,
+                      camera_ids: list[int]) -> TargetIntrinsics:
+    """How each observation's normalised target moves with its camera's free parameters (central
+    differences of the camera model's cam_from_img at its keypoint), for the cameras `camera_ids`."""
+    count = len(observations.point_ids)
+    size = max(len(free_parameters(reconstruction.cameras[c])) for c in camera_ids)
+    jacobians = np.zeros((count, 2, size))
+    camera_index = np.full(count, -1, np.int64)
+    camera_of = np.array([reconstruction.images[int(i)].camera_id for i in observations.image_ids], np.int64)
+    for slot, camera_id in enumerate(camera_ids):
+        rows = np.flatnonzero(camera_of == camera_id)
+        camera_index[rows] = slot
+        camera = reconstruction.cameras[camera_id]
+        params = np.array(camera.params, np.float64)
+        for column, index in enumerate(free_parameters(camera)):
+            step = 1e-6 * max(abs(params[index]), 1.0)
+            moved = []
+            for sign in (1, -1):
+                shifted = pycolmap.Camera(model=camera.model, width=camera.width, height=camera.height,
+                                          params=params + sign * step * np.eye(len(params))[index])
+                moved.append(shifted.cam_from_img(observations.xy[rows]))
+            jacobians[rows, :, column] = (moved[0] - moved[1]) / (2 * step)
+    return TargetIntrinsics(torch.from_numpy(camera_index), torch.from_numpy(jacobians), len(camera_ids))
+
+
 def adjust_geometry(reconstruction: pycolmap.Reconstruction, observations: Observations, targets: np.ndarray,
-                    weights: np.ndarray, config: RefineConfig, constant_poses: bool) -> dict[str, object]:
-    """Poses (unless constant) and points minimising the weighted reprojection cost of normalised
-    `targets` (N, 2) with information `weights` (N, 2, 2); written back."""
+                    weights: np.ndarray, config: RefineConfig, constant_poses: bool,
+                    free_cameras: list[int] = ()) -> dict[str, object]:
+    """Poses (unless constant), points and the free cameras' focal lengths and distortion minimising
+    the weighted reprojection cost of normalised `targets` (N, 2) with information `weights`
+    (N, 2, 2); written back."""
     image_ids = np.unique(observations.image_ids)
     point_ids, point_index = np.unique(observations.point_ids, return_inverse=True)
     image_index = np.searchsorted(image_ids, observations.image_ids)
     poses = [reconstruction.images[int(i)].cam_from_world() for i in image_ids]
+    free_cameras = sorted({int(c) for c in free_cameras} & {reconstruction.images[int(i)].camera_id
+                                                            for i in image_ids})
     as_tensor = lambda values: torch.from_numpy(np.ascontiguousarray(values, np.float64))  # noqa: E731
     rotations, translations, points, report = solve_weighted_bundle(
         as_tensor([pose.rotation.matrix() for pose in poses]), as_tensor([pose.translation for pose in poses]),
@@ -244,15 +280,25 @@ def adjust_geometry(reconstruction: pycolmap.Reconstruction, observations: Obser
         torch.from_numpy(image_index), torch.from_numpy(point_index), as_tensor(targets), as_tensor(weights),
         torch.full((len(image_ids),), constant_poses),
         BundleSolverConfig(max_iterations=config.bundle.max_iterations, loss_scale=config.bundle.loss_scale,
-                           function_tolerance=config.bundle.function_tolerance))
+                           function_tolerance=config.bundle.function_tolerance),
+        target_intrinsics(reconstruction, observations, free_cameras) if free_cameras else None)
     if not constant_poses:
         for image_id, rotation, translation in zip(image_ids, rotations.numpy(), translations.numpy()):
             frame = reconstruction.frames[reconstruction.images[int(image_id)].frame_id]
             frame.rig_from_world = pycolmap.Rigid3d(pycolmap.Rotation3d(rotation), translation)
     for point_id, xyz in zip(point_ids, points.numpy()):
         reconstruction.points3D[int(point_id)].xyz = xyz
+    intrinsics = {}
+    for camera_id, step in zip(free_cameras, report.intrinsics_step.numpy() if free_cameras else []):
+        camera = reconstruction.cameras[camera_id]
+        params = np.array(camera.params, np.float64)
+        before = params.copy()
+        params[free_parameters(camera)] += step[:len(free_parameters(camera))]
+        camera.params = params
+        reconstruction.cameras[camera_id] = camera
+        intrinsics[str(camera_id)] = {"before": before.tolist(), "after": params.tolist()}
     return {"initial_cost": report.initial_cost, "final_cost": report.final_cost, "iterations": report.iterations,
-            "converged": report.converged}
+            "converged": report.converged, "intrinsics": intrinsics}
 
 
 def solver_inputs(reconstruction: pycolmap.Reconstruction, aligned: Observations, information: np.ndarray,
@@ -294,9 +340,11 @@ def check_trivial_rigs(reconstruction: pycolmap.Reconstruction) -> None:
 
 def adjust_reconstruction(reconstruction: pycolmap.Reconstruction, load_image: ImageLoader,
                           config: RefineConfig = RefineConfig(mode="keypoints+bundle"),
-                          device: torch.device | str = "cpu", constant_poses: bool = False) -> BundleReport:
+                          device: torch.device | str = "cpu", constant_poses: bool = False,
+                          free_cameras: list[int] = ()) -> BundleReport:
     """Featuremetric bundle adjustment of `reconstruction`, in place (see the module docstring).
-    `constant_poses`: only the points move (triangulation against known poses)."""
+    `constant_poses`: only the points move (triangulation against known poses); `free_cameras`:
+    the cameras whose focal lengths and distortion are refined too (self-calibrated ones)."""
     start_time = time.time()
     device = torch.device(device)
     check_trivial_rigs(reconstruction)
@@ -317,7 +365,7 @@ def adjust_reconstruction(reconstruction: pycolmap.Reconstruction, load_image: I
         kept, targets, weights, report.undistortion_failures = solver_inputs(reconstruction, observations,
                                                                              information, config)
         report.timings["inputs"], tick = time.time() - tick, time.time()
-        report.solver = adjust_geometry(reconstruction, kept, targets, weights, config, constant_poses)
+        report.solver = adjust_geometry(reconstruction, kept, targets, weights, config, constant_poses, free_cameras)
         report.timings["solve"], tick = time.time() - tick, time.time()
         final = gather_observations(reconstruction)
         errors = np.linalg.norm(projections(reconstruction, final) - final.xy, axis=1)
