@@ -205,15 +205,20 @@ class Pipeline:
         if not adjust_poses:
             logger.warning("Bundle adjustment: %d registered images (more than %d): the poses stay as mapped, only "
                            "the 3D points are adjusted", len(registered), self.config.refine.bundle.max_pose_images)
-        known = set(self.log.get("database", "known_camera_ids", []))
-        free_cameras = [camera_id for camera_id in model.cameras if camera_id not in known
-                        or self.config.mapper.refine_known_intrinsics] \
-            if adjust_poses and self.config.refine.bundle.refine_intrinsics else []
         report = adjust_reconstruction(model, image_loader(self.image_dir, self.config.refine, self.config.device),
                                        self.config.refine, self.config.device, constant_poses=not adjust_poses,
-                                       free_cameras=free_cameras)
+                                       free_cameras=self.recalibrated_cameras(model) if adjust_poses else [])
         return report.seconds, {"bundle": {**report.as_dict(), "poses_adjusted": adjust_poses},
                                 "registration_points": registered}
+
+    def recalibrated_cameras(self, model: pycolmap.Reconstruction) -> list[int]:
+        """The cameras whose intrinsics the bundle adjustment refines (BundleConfig.refine_intrinsics):
+        the self-calibrated ones, and the known ones too with --refine-known-intrinsics."""
+        if not self.config.refine.bundle.refine_intrinsics:
+            return []
+        known = set(self.log.get("database", "known_camera_ids", []))
+        return [camera_id for camera_id in model.cameras
+                if camera_id not in known or self.config.mapper.refine_known_intrinsics]
 
     def check_stability(self, best: pycolmap.Reconstruction, stats: list[colmap_db.PairStats],
                         known_camera_ids: list[int], registration_points: dict[str, int] | None
