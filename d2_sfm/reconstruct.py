@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING
 
 from .cli import (EXIT_UNRELIABLE, add_extraction_arguments, add_refine_argument, extraction_config_from_args, given,
                   refine_config_from_args, run_cli)
+from .errors import ConfigError
 from .executors import add_executor_arguments, executor_config_from_args
 from .reconstruction import MAPPERS
 
@@ -159,6 +160,8 @@ def config_from_args(args: argparse.Namespace) -> ReconstructionConfig:
                            **given(num_matched=args.num_matched, window=args.window))
     refine = refine_config_from_args(args)
     if args.bundle_intrinsics:
+        if not refine.bundle_adjusts:
+            raise ConfigError(f"--bundle-intrinsics needs --refine keypoints+bundle (got --refine {refine.mode})")
         refine = replace(refine, bundle=replace(refine.bundle, refine_intrinsics=True))
     mapper = replace(default.mapper, refine_known_intrinsics=args.refine_known_intrinsics,
                      **given(method=args.mapper, num_threads=args.num_threads))

@@ -13,6 +13,7 @@ from d2_sfm import colmap_db, reconstruct
 from d2_sfm.alignment import align_and_compare, model_poses, relative_rotation_errors
 from d2_sfm.cli import run_cli
 from d2_sfm.colmap_db import VerificationConfig
+from d2_sfm.errors import ConfigError
 from d2_sfm.reconstruct import ReconstructionConfig, ReliabilityConfig
 
 
@@ -21,6 +22,9 @@ def test_cli_defaults_equal_the_api_defaults():
     assert reconstruct.config_from_args(args) == ReconstructionConfig()
     args = reconstruct.build_parser().parse_args(["--output", "out", "--bundle-intrinsics"])
     assert reconstruct.config_from_args(args).refine.bundle.refine_intrinsics
+    args = reconstruct.build_parser().parse_args(["--output", "out", "--bundle-intrinsics", "--refine", "keypoints"])
+    with pytest.raises(ConfigError, match="--bundle-intrinsics needs --refine keypoints\\+bundle"):
+        reconstruct.config_from_args(args)
 
 
 def run(argv: list[str], caplog) -> tuple[int, str]:
