@@ -125,6 +125,13 @@ class PoseErrors:
         }
 
 
+def centre_alignment(estimated: dict[str, pycolmap.Rigid3d], reference: dict[str, pycolmap.Rigid3d],
+                     names: list[str]) -> pycolmap.Sim3d | None:
+    """reference_from_estimated fitted to the camera centres of `names` (least squares; None: degenerate)."""
+    return pycolmap.estimate_sim3d(np.array([centre(estimated[n]) for n in names]).reshape(-1, 3),
+                                   np.array([centre(reference[n]) for n in names]).reshape(-1, 3))
+
+
 def align_and_compare(estimated: dict[str, pycolmap.Rigid3d], reference: dict[str, pycolmap.Rigid3d]
                       ) -> PoseErrors:
     """Fit gt_from_model to the camera centres (least squares, >= 3 images), then compare poses."""
@@ -135,7 +142,7 @@ def align_and_compare(estimated: dict[str, pycolmap.Rigid3d], reference: dict[st
         errors.scene_size = float(max(np.linalg.norm(a - b) for a, b in itertools.combinations(gt_centres, 2)))
     if len(names) < 3:
         return errors
-    gt_from_model = pycolmap.estimate_sim3d(np.array([centre(estimated[n]) for n in names]), gt_centres)
+    gt_from_model = centre_alignment(estimated, reference, names)
     if gt_from_model is None:
         return errors
     errors.scale = float(gt_from_model.scale)

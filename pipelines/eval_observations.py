@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from d2_sfm.alignment import centre  # noqa: E402
+from d2_sfm.alignment import centre_alignment, model_poses  # noqa: E402
 from d2_sfm.cli import run_cli  # noqa: E402
 from d2_sfm.colmap import pycolmap  # noqa: E402
 from d2_sfm.datasets.sample_scene import read_ground_truth  # noqa: E402
@@ -42,9 +42,8 @@ def with_true_cameras(model: pycolmap.Reconstruction, ground_truth: Path) -> pyc
         raise D2SfmError(f"{ground_truth}: needs a pose and intrinsics for each of at least 3 registered images; "
                          f"missing: {', '.join(missing) or 'none'} ({len(registered)} registered)")
     aligned = pycolmap.Reconstruction(model)
-    gt_from_model = pycolmap.estimate_sim3d(np.array([centre(image.cam_from_world()) for image in registered]),
-                                            np.array([centre(views[image.name].cam_from_world)
-                                                      for image in registered]))
+    gt_from_model = centre_alignment(model_poses(model), {name: view.cam_from_world for name, view in views.items()},
+                                     [image.name for image in registered])
     if gt_from_model is None:
         raise D2SfmError("the model's camera centres cannot be aligned to the ground truth's")
     aligned.transform(gt_from_model)

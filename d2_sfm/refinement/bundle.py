@@ -292,8 +292,8 @@ def adjust_geometry(reconstruction: pycolmap.Reconstruction, observations: Obser
     for camera_id, step in zip(free_cameras, report.intrinsics_step.numpy() if free_cameras else []):
         camera = reconstruction.cameras[camera_id]
         params = np.array(camera.params, np.float64)
-        before = params.copy()
-        params[free_parameters(camera)] += step[:len(free_parameters(camera))]
+        before, free = params.copy(), free_parameters(camera)
+        params[free] += step[:len(free)]
         camera.params = params
         reconstruction.cameras[camera_id] = camera
         intrinsics[str(camera_id)] = {"before": before.tolist(), "after": params.tolist()}

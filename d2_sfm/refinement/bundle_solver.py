@@ -274,6 +274,12 @@ def _accumulate(blocks: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor, t
         flat.index_add_(0, block[start:start + PAIR_CHUNK], terms.flatten(1), alpha=-1)
 
 
+def _block_matrix(blocks: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """(rows * cols, r, c) blocks, row-major -> the (rows r, cols c) matrix they tile."""
+    r, c = blocks.shape[1:]
+    return blocks.reshape(rows, cols, r, c).permute(0, 2, 1, 3).reshape(rows * r, cols * c)
+
+
 def _solve_step(problem: _Problem, blocks, damping: float):
     """Damped LM step (reduced steps (R,), point steps (P, 3), predicted decrease) or None (not PD)."""
     side_side, side_point, point_point, grad_side, grad_point = blocks
@@ -316,11 +322,9 @@ def _solve_step(problem: _Problem, blocks, damping: float):
         _accumulate(camera_blocks, problem.camera_pairs, e, side_point, intrinsic, intrinsic)
         reduced = torch.zeros(size, size, dtype=torch.float64)
         poses = 6 * num_free
-        reduced[:poses, :poses] = pose_blocks.reshape(num_free, num_free, 6, 6).permute(0, 2, 1, 3).reshape(poses, poses)
-        reduced[poses:, :poses] = camera_pose_blocks.reshape(num_cameras, num_free, k, 6).permute(0, 2, 1, 3) \
-            .reshape(size - poses, poses)
-        reduced[poses:, poses:] = camera_blocks.reshape(num_cameras, num_cameras, k, k).permute(0, 2, 1, 3) \
-            .reshape(size - poses, size - poses)
+        reduced[:poses, :poses] = _block_matrix(pose_blocks, num_free, num_free)
+        reduced[poses:, :poses] = _block_matrix(camera_pose_blocks, num_cameras, num_free)
+        reduced[poses:, poses:] = _block_matrix(camera_blocks, num_cameras, num_cameras)
         reduced += torch.diag(damping * diag_u)
         chol_s, info_s = torch.linalg.cholesky_ex(reduced)  # reads the lower triangle only (the upper is partial)
         if int(info_s):

@@ -135,6 +135,7 @@ def adjust_keypoints_photometric(keypoints: list[np.ndarray], tracks: Tracks, of
             cached_bytes += size
 
     timings["templates"], tick = time.time() - tick, time.time()
+
     def align_image(chosen: np.ndarray) -> tuple[np.ndarray, bool]:
         """The aligned original pixels of the free nodes `chosen` (all in one image); whether it was loaded."""
         image = int(node_images[chosen[0]])
